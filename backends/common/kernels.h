@@ -1,0 +1,23 @@
+/* Dot-product kernels of the CPU backends, one set per instruction-set level.
+ * The scalar set is portable and is the oracle the SIMD sets are tested against.
+ * n is the row length in weights and is always a multiple of L2_QK. */
+#ifndef LLAMA2_KERNELS_H
+#define LLAMA2_KERNELS_H
+
+#include <stdint.h>
+#include "quant_blocks.h"
+
+typedef struct {
+    const char *isa; /* "scalar", "avx2", "avx512vnni", "neon" */
+    void (*quantize_act)(const float *x, l2_block_q8_act *y, int64_t n);
+    float (*dot_q8_0)(int64_t n, const l2_block_q8_0 *w, const l2_block_q8_act *x);
+    float (*dot_q4_0)(int64_t n, const l2_block_q4_0 *w, const l2_block_q8_act *x);
+    float (*dot_q4_1)(int64_t n, const l2_block_q4_1 *w, const l2_block_q8_act *x);
+    float (*dot_f32)(int64_t n, const float *w, const float *x); /* n any length */
+} l2_kernels;
+
+const l2_kernels *l2_kernels_scalar(void);
+/* The fastest set this CPU supports (CPUID at run time); LLAMA2_ISA=scalar|avx2|... forces one. */
+const l2_kernels *l2_kernels_best(void);
+
+#endif

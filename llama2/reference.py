@@ -1,0 +1,144 @@
+"""The LLaMA-2 forward pass in plain PyTorch: the oracle every backend is tested against.
+
+Written to be read next to the paper and Meta's model.py, not to be fast:
+RMSNorm, interleaved rotary embeddings (pairs (x[2i], x[2i+1]), Meta's
+convention, which GGUF llama files keep), grouped-query attention, SwiGLU.
+Weights use GGUF tensor names and PyTorch shapes ([out, in]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    rms_eps: float = 1e-5
+    rope_freq_base: float = 10000.0
+    n_rot: int | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, n_rot: int, base: float) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of each head by angle pos * base^(-2i/n_rot).
+
+    x: [tokens, heads, head_dim]; dimensions past n_rot are left as they are.
+    """
+    freqs = base ** (-torch.arange(0, n_rot, 2, dtype=torch.float64) / n_rot)
+    angles = positions.to(torch.float64)[:, None] * freqs[None, :]  # [tokens, n_rot/2]
+    cos = torch.cos(angles).to(x.dtype)[:, None, :]
+    sin = torch.sin(angles).to(x.dtype)[:, None, :]
+    rot = x[..., :n_rot]
+    even, odd = rot[..., 0::2], rot[..., 1::2]
+    out = torch.empty_like(rot)
+    out[..., 0::2] = even * cos - odd * sin
+    out[..., 1::2] = even * sin + odd * cos
+    return torch.cat([out, x[..., n_rot:]], dim=-1)
+
+
+class ReferenceLlama:
+    """Evaluates tokens with a growing KV cache, like a backend's context does."""
+
+    def __init__(self, cfg: ReferenceConfig, weights: Mapping[str, torch.Tensor | np.ndarray],
+                 dtype: torch.dtype = torch.float64) -> None:
+        self.cfg = cfg
+        self.dtype = dtype
+        self.w = {k: torch.as_tensor(np.asarray(v)).to(dtype) for k, v in weights.items()}
+        if "output.weight" not in self.w:  # tied embeddings
+            self.w["output.weight"] = self.w["token_embd.weight"]
+        self.k_cache: list[torch.Tensor] = []
+        self.v_cache: list[torch.Tensor] = []
+        self.n_past = 0
+        self.reset()
+
+    def reset(self) -> None:
+        cfg = self.cfg
+        shape = (0, cfg.n_head_kv, cfg.head_dim)
+        self.k_cache = [torch.empty(shape, dtype=self.dtype) for _ in range(cfg.n_layer)]
+        self.v_cache = [torch.empty(shape, dtype=self.dtype) for _ in range(cfg.n_layer)]
+        self.n_past = 0
+
+    @torch.no_grad()
+    def eval(self, tokens: list[int]) -> np.ndarray:
+        """Logits [len(tokens), n_vocab] for tokens appended after the cache."""
+        cfg, w = self.cfg, self.w
+        n = len(tokens)
+        hd = cfg.head_dim
+        n_rot = cfg.n_rot or hd
+        positions = torch.arange(self.n_past, self.n_past + n)
+        x = w["token_embd.weight"][torch.tensor(tokens, dtype=torch.long)]
+        for i in range(cfg.n_layer):
+            p = f"blk.{i}."
+            h = rms_norm(x, w[p + "attn_norm.weight"], cfg.rms_eps)
+            q = (h @ w[p + "attn_q.weight"].T).view(n, cfg.n_head, hd)
+            k = (h @ w[p + "attn_k.weight"].T).view(n, cfg.n_head_kv, hd)
+            v = (h @ w[p + "attn_v.weight"].T).view(n, cfg.n_head_kv, hd)
+            q = rotary(q, positions, n_rot, cfg.rope_freq_base)
+            k = rotary(k, positions, n_rot, cfg.rope_freq_base)
+            self.k_cache[i] = torch.cat([self.k_cache[i], k])
+            self.v_cache[i] = torch.cat([self.v_cache[i], v])
+            keys = self.k_cache[i].repeat_interleave(cfg.n_head // cfg.n_head_kv, dim=1)
+            values = self.v_cache[i].repeat_interleave(cfg.n_head // cfg.n_head_kv, dim=1)
+            scores = torch.einsum("qhd,khd->hqk", q, keys) / hd**0.5
+            total = self.n_past + n
+            # causal: query at absolute position t sees keys 0..t
+            mask = torch.arange(total)[None, :] > positions[:, None]
+            scores = scores.masked_fill(mask[None], float("-inf"))
+            attn = torch.softmax(scores, dim=-1)
+            out = torch.einsum("hqk,khd->qhd", attn, values).reshape(n, cfg.n_embd)
+            x = x + out @ w[p + "attn_output.weight"].T
+            h = rms_norm(x, w[p + "ffn_norm.weight"], cfg.rms_eps)
+            gate = torch.nn.functional.silu(h @ w[p + "ffn_gate.weight"].T)
+            x = x + (gate * (h @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
+        self.n_past += n
+        x = rms_norm(x, w["output_norm.weight"], cfg.rms_eps)
+        return (x @ w["output.weight"].T).numpy()
+
+
+def reference_from_gguf(path: str, dtype: torch.dtype = torch.float64) -> ReferenceLlama:
+    """A reference model on the dequantized weights of a GGUF file (any type gguf can read)."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+
+    def field(key: str, default: object = None) -> object:
+        f = reader.fields.get(key)
+        if f is None:
+            return default
+        return f.contents()
+
+    n_embd = int(field("llama.embedding_length"))
+    n_head = int(field("llama.attention.head_count"))
+    weights: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        data = gguf.quants.dequantize(t.data, t.tensor_type)
+        weights[t.name] = np.asarray(data, dtype=np.float64).reshape([int(d) for d in reversed(t.shape)])
+    cfg = ReferenceConfig(
+        n_vocab=weights["token_embd.weight"].shape[0],
+        n_embd=n_embd,
+        n_layer=int(field("llama.block_count")),
+        n_head=n_head,
+        n_head_kv=int(field("llama.attention.head_count_kv", n_head)),
+        n_ff=int(field("llama.feed_forward_length")),
+        rms_eps=float(field("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_freq_base=float(field("llama.rope.freq_base", 10000.0)),
+        n_rot=int(field("llama.rope.dimension_count", n_embd // n_head)),
+    )
+    return ReferenceLlama(cfg, weights, dtype)
