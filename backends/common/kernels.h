@@ -17,11 +17,8 @@ typedef struct {
 } l2_kernels;
 
 const l2_kernels *l2_kernels_scalar(void);
-/* The fastest set this CPU supports (CPUID at run time); LLAMA2_ISA=scalar|avx2|... forces one.
- * NULL when LLAMA2_ISA names an unknown set or one this CPU cannot run (see l2_kernels_named). */
+/* The fastest set this CPU supports (CPUID at run time); LLAMA2_ISA=scalar|avx2|... forces one. */
 const l2_kernels *l2_kernels_best(void);
-/* The set named isa ("scalar", "avx2", "avx512vnni"), or NULL if unknown or this CPU lacks it. */
-const l2_kernels *l2_kernels_named(const char *isa);
 /* The x86 tables themselves, without a CPUID check (NULL in non-x86 builds). */
 const l2_kernels *l2_kernels_avx2(void);
 const l2_kernels *l2_kernels_avx512vnni(void);
