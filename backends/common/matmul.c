@@ -1,4 +1,4 @@
-/* Matrix times a batch of activations: the one place the weights are read. */
+/* Matrices times a batch of activations: the one place the weights are read. */
 #include "convert.h"
 #include "cpu_engine.h"
 
@@ -17,25 +17,45 @@ static float dot_row(const l2_kernels *k, const l2_matrix *w, int64_t r, const f
     }
 }
 
-void l2_matmul(const l2_kernels *k, const l2_matrix *w, const float *x, int64_t x_stride, float *y,
-               int64_t y_stride, int32_t n_tokens, l2_block_q8_act *xq, int32_t n_threads) {
-    int quantized = w->type != LLAMA2_TYPE_F32;
-    int64_t blocks = w->cols / L2_QK;
+void l2_matmul_many(const l2_kernels *k, const l2_matmul_out *outs, int n_outs, const float *x,
+                    int64_t x_stride, int32_t n_tokens, l2_block_q8_act *xq, int32_t n_threads) {
+    int64_t cols = outs[0].w->cols, blocks = cols / L2_QK;
+    int64_t n_tiles = 0, work = 0;
+    int quantized = 0;
+    for (int j = 0; j < n_outs; j++) {
+        n_tiles += (outs[j].w->rows + ROW_TILE - 1) / ROW_TILE;
+        work += outs[j].w->rows * cols * n_tokens;
+        quantized |= outs[j].w->type != LLAMA2_TYPE_F32;
+    }
     if (quantized) {
-        /* once per matmul, not once per row */
-#pragma omp parallel for num_threads(n_threads) if (n_tokens > 1 && n_threads > 1 && n_tokens * w->cols >= L2_PARALLEL_MIN_WORK) \
+        /* once per batch for every quantized matrix here, not once per row */
+#pragma omp parallel for num_threads(n_threads) if (n_tokens > 1 && n_threads > 1 && n_tokens * cols >= L2_PARALLEL_MIN_WORK) \
     schedule(static)
         for (int32_t t = 0; t < n_tokens; t++)
-            k->quantize_act(x + t * x_stride, xq + t * blocks, w->cols);
+            k->quantize_act(x + t * x_stride, xq + t * blocks, cols);
     }
-    int64_t n_tiles = (w->rows + ROW_TILE - 1) / ROW_TILE;
-    int parallel = n_threads > 1 && w->rows * w->cols * n_tokens >= L2_PARALLEL_MIN_WORK;
-#pragma omp parallel for num_threads(n_threads) if (parallel) schedule(static)
+    /* one loop over the tiles of all the matrices: one barrier at the end, not one per matrix */
+#pragma omp parallel for num_threads(n_threads) if (n_threads > 1 && work >= L2_PARALLEL_MIN_WORK) schedule(static)
     for (int64_t tile = 0; tile < n_tiles; tile++) {
+        int j = 0;
         int64_t r0 = tile * ROW_TILE;
+        while (r0 >= outs[j].w->rows) { /* tiles never straddle two matrices */
+            r0 -= (outs[j].w->rows + ROW_TILE - 1) / ROW_TILE * ROW_TILE;
+            j++;
+        }
+        const l2_matrix *w = outs[j].w;
         int64_t r1 = r0 + ROW_TILE < w->rows ? r0 + ROW_TILE : w->rows;
-        for (int32_t t = 0; t < n_tokens; t++)
+        int wq = w->type != LLAMA2_TYPE_F32;
+        for (int32_t t = 0; t < n_tokens; t++) {
+            float *y = outs[j].y + t * outs[j].y_stride;
             for (int64_t r = r0; r < r1; r++)
-                y[t * y_stride + r] = dot_row(k, w, r, x + t * x_stride, quantized ? xq + t * blocks : NULL);
+                y[r] = dot_row(k, w, r, x + t * x_stride, wq ? xq + t * blocks : NULL);
+        }
     }
+}
+
+void l2_matmul(const l2_kernels *k, const l2_matrix *w, const float *x, int64_t x_stride, float *y,
+               int64_t y_stride, int32_t n_tokens, l2_block_q8_act *xq, int32_t n_threads) {
+    const l2_matmul_out out = {w, y, y_stride};
+    l2_matmul_many(k, &out, 1, x, x_stride, n_tokens, xq, n_threads);
 }
