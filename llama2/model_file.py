@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 
 from .convert.gguf_writer import LlamaHParams
@@ -33,6 +34,22 @@ TYPE_IDS = {name: type_id for type_id, (name, _, _) in TENSOR_TYPES.items()}
 # Far above any real llama model, far below what would overflow 64-bit byte counts.
 _MAX_DIM = 1 << 24
 _MAX_ELEMENTS = 1 << 40
+
+
+class FastGGUFReader(gguf.GGUFReader):
+    """gguf's reader over a plain ndarray view of the mapping.
+
+    np.memmap's per-slice hooks made opening SmolLM2 (49k tokens, 49k merges)
+    take 5-10 s; a plain view of the same mapping takes under 2 s.
+    """
+
+    @property  # type: ignore[override]
+    def data(self) -> np.ndarray:
+        return self._plain_data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self._plain_data = np.asarray(value)
 
 
 def type_name(type_id: int) -> str:
@@ -101,10 +118,8 @@ class ModelFile:
         if magic != GGUF_MAGIC:
             raise ModelFormatError(f"{self.path} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
         self.file_size = size
-        import gguf
-
         try:
-            self._reader = gguf.GGUFReader(self.path)
+            self._reader = FastGGUFReader(self.path)
         except (ValueError, IndexError, KeyError, OverflowError, MemoryError, UnicodeDecodeError,
                 TypeError, AssertionError) as exc:
             raise ModelFormatError(f"{self.path}: malformed GGUF: {type(exc).__name__}: {exc}") from exc
