@@ -5,6 +5,7 @@
 /* Rows of W handled together: a tile stays in cache while every token of the
  * batch passes over it, so each weight is read from memory once per batch. */
 #define ROW_TILE 16
+#define TILES_PER_CHUNK 4
 
 static float dot_row(const l2_kernels *k, const l2_matrix *w, int64_t r, const float *x,
                      const l2_block_q8_act *xq) {
@@ -14,6 +15,19 @@ static float dot_row(const l2_kernels *k, const l2_matrix *w, int64_t r, const f
     case LLAMA2_TYPE_Q4_0: return k->dot_q4_0(w->cols, row, xq);
     case LLAMA2_TYPE_Q4_1: return k->dot_q4_1(w->cols, row, xq);
     default: return k->dot_f32(w->cols, row, x);
+    }
+}
+
+/* Rows r0..r1 of one matrix, for every token of the batch. */
+static void matmul_rows(const l2_kernels *k, const l2_matmul_out *out, int64_t r0, int64_t r1, const float *x,
+                        int64_t x_stride, const l2_block_q8_act *xq, int32_t n_tokens) {
+    const l2_matrix *w = out->w;
+    int64_t blocks = w->cols / L2_QK;
+    int quantized = w->type != LLAMA2_TYPE_F32;
+    for (int32_t t = 0; t < n_tokens; t++) {
+        float *y = out->y + t * out->y_stride;
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = dot_row(k, w, r, x + t * x_stride, quantized ? xq + t * blocks : NULL);
     }
 }
 
@@ -34,8 +48,11 @@ void l2_matmul_many(const l2_kernels *k, const l2_matmul_out *outs, int n_outs, 
         for (int32_t t = 0; t < n_tokens; t++)
             k->quantize_act(x + t * x_stride, xq + t * blocks, cols);
     }
-    /* one loop over the tiles of all the matrices: one barrier at the end, not one per matrix */
-#pragma omp parallel for num_threads(n_threads) if (n_threads > 1 && work >= L2_PARALLEL_MIN_WORK) schedule(static)
+    /* One loop over the tiles of all the matrices: the threads meet once, not
+     * once per matrix. Tiles are handed out a few at a time, so a thread that
+     * loses its core for a while (a busy machine) does not hold the others up. */
+#pragma omp parallel for num_threads(n_threads) if (n_threads > 1 && work >= L2_PARALLEL_MIN_WORK) \
+    schedule(dynamic, TILES_PER_CHUNK)
     for (int64_t tile = 0; tile < n_tiles; tile++) {
         int j = 0;
         int64_t r0 = tile * ROW_TILE;
@@ -43,14 +60,8 @@ void l2_matmul_many(const l2_kernels *k, const l2_matmul_out *outs, int n_outs, 
             r0 -= (outs[j].w->rows + ROW_TILE - 1) / ROW_TILE * ROW_TILE;
             j++;
         }
-        const l2_matrix *w = outs[j].w;
-        int64_t r1 = r0 + ROW_TILE < w->rows ? r0 + ROW_TILE : w->rows;
-        int wq = w->type != LLAMA2_TYPE_F32;
-        for (int32_t t = 0; t < n_tokens; t++) {
-            float *y = outs[j].y + t * outs[j].y_stride;
-            for (int64_t r = r0; r < r1; r++)
-                y[r] = dot_row(k, w, r, x + t * x_stride, wq ? xq + t * blocks : NULL);
-        }
+        int64_t r1 = r0 + ROW_TILE < outs[j].w->rows ? r0 + ROW_TILE : outs[j].w->rows;
+        matmul_rows(k, &outs[j], r0, r1, x, x_stride, xq, n_tokens);
     }
 }
 
