@@ -225,8 +225,10 @@ static llama2_status repack_matrices(loader *ld) {
     for (int32_t i = 0; i < m->n_layer && st == LLAMA2_OK; i++) {
         l2_layer *l = &m->layers[i];
         l2_matrix *mats[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
+        char name[48];
+        snprintf(name, sizeof name, "of layer %d", (int)i);
         for (size_t j = 0; j < sizeof mats / sizeof mats[0] && st == LLAMA2_OK; j++)
-            st = repack_matrix(ld, "a layer matrix", mats[j]);
+            st = repack_matrix(ld, name, mats[j]);
     }
     return st;
 }

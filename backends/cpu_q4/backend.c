@@ -1,7 +1,8 @@
 /* cpu_q4: 4-bit weights (Q4_0, Q4_1) computed with integer SIMD dot products
  * against activations quantized to 8 bits once per matmul.
  *
- * Run in place: Q4_0 and Q4_1 matrices, and the Q8_0 (or F32) tensors that
+ * Run as they are (by default repacked once at load into eight-row groups of the
+ * same size, repack.h; LLAMA2_REPACK=0 keeps the file's layout): Q4_0 and Q4_1 matrices, and the Q8_0 (or F32) tensors that
  * 4-bit files keep for the output and embedding. Converted at load: F32 and
  * F16 attention and FFN matrices become Q4_0 (18 bytes per 32 weights, about
  * 3.6 GB for a 7B model), as llama.cpp's q4_0 quantizer would make them; an

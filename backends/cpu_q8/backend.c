@@ -1,6 +1,7 @@
 /* cpu_q8: every weight matrix in Q8_0, computed with 8-bit integer dot products
  * against activations quantized to 8 bits once per matmul. Q8_0 files run in
- * place (the kernels may repack them once at load, see matmul.c); F32, F16, Q4_0
+ * place or, by default, repacked once at load into eight-row groups of the same
+ * size (repack.h; LLAMA2_REPACK=0 keeps the file's layout, zero-copy); F32, F16, Q4_0
  * and Q4_1 matrices are requantized to Q8_0 at load, costing 34 bytes per 32
  * weights (about 7 GB for a 7B model). Norms stay F32; the embedding table
  * stays as it is in the file (a lookup dequantizes one row). */
