@@ -144,8 +144,10 @@ def as_dict(ids: np.ndarray, probs: np.ndarray) -> dict[int, float]:
 
 def assert_same_distribution(got: dict[int, float], want: dict[int, float]) -> None:
     assert set(got) == set(want)
-    for token, q in want.items():
-        assert got[token] == pytest.approx(q, rel=1e-5, abs=1e-9), token
+    tokens = sorted(want)
+    g = np.array([got[t] for t in tokens])
+    w = np.array([want[t] for t in tokens])
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-9)
 
 
 # --- fixed inputs --------------------------------------------------------------------------
