@@ -95,7 +95,7 @@ def test_earliest_stop_string_wins_and_multibyte_stops(tok: Tokenizer) -> None:
     # both complete with the same token: the one that started first (the longer) cuts
     ab = tok.tokens.index("ab")
     a = TextAssembler(tok, ["b", "ab"])
-    assert a.push(3 + ord("x")) == "" and a.push(ab) == "x"
+    assert a.push(3 + ord("x")) == "x" and a.push(ab) == ""
     assert a.stopped and a.stop_string == "ab"
     pieces, a = stream(tok, byte_tokens("ab✓".encode()), stop=["✓"])
     assert a.stopped and "".join(pieces) == "ab"
