@@ -114,7 +114,8 @@ def chat_prompt(
     "error": a prompt longer than the context raises ContextOverflowError.
     "drop_oldest": whole turns (a user message and the replies after it) are
     dropped, oldest first, keeping a leading system prompt, until the prompt
-    leaves room for max_tokens; the last turn is never dropped, and a prompt
+    leaves room for max_tokens (at most half the context: a long answer limit
+    should not wipe the history); the last turn is never dropped, and a prompt
     that still does not fit raises.
     """
     if overflow not in ("error", "drop_oldest"):
@@ -123,7 +124,8 @@ def chat_prompt(
     ids = chat_format.tokens(kept, encode)
     if overflow == "drop_oldest":
         head = 1 if kept and kept[0].get("role") == "system" else 0
-        while len(ids) + max_tokens > n_ctx:
+        room = min(max_tokens, n_ctx // 2)
+        while len(ids) + room > n_ctx:
             # the first user message after the head that still has another user message after it
             starts = [i for i in range(head, len(kept)) if kept[i].get("role") == "user"]
             if len(starts) < 2:
