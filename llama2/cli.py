@@ -60,8 +60,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     n = 0
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
+    g = session.generate(prompt_ids, max_tokens=args.max_tokens, **sampling_kwargs(args))
     try:
-        for piece in session.generate(prompt_ids, max_tokens=args.max_tokens, **sampling_kwargs(args)):
+        for piece in g:
             if first is None:
                 first = time.perf_counter()
             n += 1
@@ -70,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\n[stopped]", file=sys.stderr)
     end = time.perf_counter()
-    generated = max(0, session.n_past - len(prompt_ids))
+    generated = len(g.tokens)
     print(file=sys.stdout)
     if first is not None and generated > 1:
         rate = (generated - 1) / max(end - first, 1e-9)
