@@ -74,8 +74,15 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if diff.size else n
 
 
-def feed(session: Session, tokens: Sequence[int]) -> np.ndarray:
-    """Make the cache hold exactly tokens, evaluating only what is not cached; the last token's logits."""
+# A long prompt is evaluated in pieces of this many tokens, so cancelling takes effect within one piece.
+_FEED_CHUNK = 256
+
+
+def feed(session: Session, tokens: Sequence[int], cancel: threading.Event | None = None) -> np.ndarray | None:
+    """Make the cache hold exactly tokens, evaluating only what is not cached; the last token's logits.
+
+    None when cancel was set before the end (the cache then holds a prefix of tokens).
+    """
     tokens = list(tokens)
     if not tokens:
         raise ValueError("nothing to evaluate: the prompt has no tokens")
@@ -85,7 +92,13 @@ def feed(session: Session, tokens: Sequence[int]) -> np.ndarray:
     keep = min(keep, len(tokens) - 1)
     if keep < session.n_past:
         session.truncate(keep)
-    return session.eval(tokens[keep:])
+    if cancel is None:
+        return session.eval(tokens[keep:])
+    for start in range(keep, len(tokens), _FEED_CHUNK):
+        if cancel.is_set():
+            return None
+        logits = session.eval(tokens[start : start + _FEED_CHUNK])
+    return logits
 
 
 def check_fits(n_tokens: int, n_ctx: int) -> None:
@@ -228,10 +241,11 @@ class Generation(Iterator[str]):
     def _loop(self) -> Iterator[str]:
         session, assembler = self.session, self._assembler
         sampler = Sampler(self.params)
-        if self.cancel_event.is_set():
+        fed = feed(session, self.prompt, self.cancel_event)
+        if fed is None:
             self.stop_reason = StopReason.CANCELLED
             return
-        logits = feed(session, self.prompt)
+        logits = fed
         history = list(self.prompt)
         while True:
             if len(self.tokens) >= self.max_tokens:

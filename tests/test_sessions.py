@@ -306,3 +306,27 @@ def test_smollm2_chat_answers_with_its_template(smollm2_path: Path) -> None:
         assert "Paris" in answer
         assert g.stop_reason is StopReason.EOS  # <|im_end|> ends the turn
         assert "<|im_end|>" not in answer
+
+
+def test_cancel_during_a_long_prompt_stops_between_pieces(model) -> None:
+    ids = model.tokenize(PROMPT * 8)
+    assert len(ids) > 600  # three pieces
+    with model.session() as s:
+        ev = threading.Event()
+        g = s.generate(ids, 10, cancel=ev)
+        real_eval = s.eval
+
+        def eval_then_cancel(tokens, all_logits=False):
+            out = real_eval(tokens, all_logits)
+            ev.set()  # as if Ctrl-C came while the first piece was evaluated
+            return out
+
+        s.eval = eval_then_cancel
+        assert list(g) == [] and g.stop_reason is StopReason.CANCELLED
+        assert s.n_evaluated == 256 and s.tokens == ids[:256]
+        # a later call continues from the piece that was evaluated
+        del s.eval
+        before = s.n_evaluated
+        g = s.generate(ids, 1, temperature=0)
+        "".join(g)
+        assert s.n_evaluated - before == len(ids) - 256
