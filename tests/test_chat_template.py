@@ -199,6 +199,8 @@ SMOL_DEFAULT_SYSTEM = {
 
 @pytest.fixture(scope="module")
 def smol(smollm2_path: Path):
+    import gguf
+
     from llama2.model_file import ModelFile
 
     f = ModelFile(smollm2_path)
@@ -207,7 +209,9 @@ def smol(smollm2_path: Path):
         tok = tokenizer_from_metadata(f.tokenizer_metadata())
     finally:
         f.close()
-    assert template is not None
+    # the template as the gguf package reads it, independently of our model file reader
+    assert template == gguf.GGUFReader(smollm2_path).fields["tokenizer.chat_template"].contents()
+    assert template is not None and "<|im_start|>" in template
     return template, tok
 
 
