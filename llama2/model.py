@@ -185,8 +185,16 @@ class Session:
             raise ContextOverflowError(
                 f"{self.n_past + len(tokens)} tokens asked for, the context holds {self.n_ctx}",
                 requested=self.n_past + len(tokens), capacity=self.n_ctx)
-        logits = self._ctx.eval(tokens, self.n_past, all_logits=all_logits)
-        self.tokens.extend(tokens)
+        start = self.n_past
+        try:
+            logits = self._ctx.eval(tokens, start, all_logits=all_logits)
+            self.tokens.extend(tokens)
+        except BaseException:
+            # Ctrl-C may land between the C call and the bookkeeping: cut both back to
+            # where they last agreed, so the cache never holds tokens we do not know of.
+            del self.tokens[start:]
+            self._ctx.truncate(start)
+            raise
         self.last_eval_tokens = len(tokens)
         self.n_evaluated += len(tokens)
         return logits
