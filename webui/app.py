@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import gradio as gr
 
 from llama2.default_model import cache_dir
-from llama2.errors import ContextOverflowError, Llama2Error
+from llama2.errors import BackendUnavailableError, ContextOverflowError, Llama2Error
 from llama2.system import physical_cores
 
 from .catalog import BackendChoice, ModelEntry, backend_choices
@@ -191,16 +191,20 @@ class ChatApp:
         raise ValueError(f"unknown model {path!r}; choose one from the list")
 
     def backend_for(self, entry: ModelEntry, wanted: str) -> str:
-        """wanted if it is usable, else the model's default."""
-        usable = [c.name for c in backend_choices(entry) if c.usable]
-        if wanted in usable:
-            return wanted
+        """The backend to run entry on: wanted, or the model's default when wanted is ""."""
+        choices = backend_choices(entry)
+        usable = [c.name for c in choices if c.usable]
+        if wanted:
+            if wanted in usable:
+                return wanted
+            why = next((c.note for c in choices if c.name == wanted), "no backend of that name is installed")
+            raise BackendUnavailableError(f"backend {wanted} cannot run here: {why}")
         if entry.default_backend in usable:
             return entry.default_backend
         if usable:
             return usable[0]
-        reasons = "; ".join(f"{c.name}: {c.note}" for c in backend_choices(entry)) or "none is installed"
-        raise Llama2Error(f"no backend can run {entry.label} here ({reasons})")
+        reasons = "; ".join(f"{c.name}: {c.note}" for c in choices) or "none is installed"
+        raise BackendUnavailableError(f"no backend can run {entry.label} here ({reasons})")
 
     # --- turns --------------------------------------------------------------
     def turn(self, user: User, settings: Settings, history: list[Message], message: str
@@ -305,10 +309,12 @@ class ChatApp:
         """The backend dropdown for a model, and the line that names the unusable backends and why."""
         choices = backend_choices(entry)
         usable = [(c.label, c.name) for c in choices if c.usable]
-        try:
-            value = self.backend_for(entry, wanted)
-        except Llama2Error:
-            value = None
+        value = wanted if wanted in [name for _, name in usable] else None
+        if value is None:
+            try:
+                value = self.backend_for(entry, "")
+            except Llama2Error:
+                value = None
         return gr.update(choices=usable, value=value), unusable_line(choices)
 
     def switch(self, model: str, backend: str) -> Iterator[tuple[dict[str, Any], str, str]]:
@@ -316,7 +322,7 @@ class ChatApp:
         try:
             entry = self.entry(model)
             dropdown, unusable = self.backend_update(entry, backend)
-            name = self.backend_for(entry, backend)
+            name = dropdown["value"] or self.backend_for(entry, "")  # raises, saying why none is usable
         except Exception as exc:
             self.log_error(exc)
             yield gr.update(), "", f"⚠️ {friendly_error(exc)}"
@@ -385,8 +391,10 @@ class ChatApp:
                 with gr.Column(scale=1, min_width=280):
                     model = gr.Dropdown([(e.label, str(e.path)) for e in self.models], value=str(first.path),
                                         label="Model", elem_id="model")
-                    backend = gr.Dropdown([], value=None, label="Backend", elem_id="backend")
-                    unusable = gr.Markdown("", elem_id="unusable")
+                    first_backends, first_unusable = self.backend_update(first, "")
+                    backend = gr.Dropdown(first_backends["choices"], value=first_backends["value"], label="Backend",
+                                          elem_id="backend")
+                    unusable = gr.Markdown(first_unusable, elem_id="unusable")
                     status = gr.Markdown("", elem_id="status")
                     sampler = gr.Radio(list(SAMPLERS), value=defaults.sampler, label="Sampler", elem_id="sampler")
                     temperature = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature",
@@ -409,15 +417,16 @@ class ChatApp:
 
             submit_args = {"fn": self.respond, "inputs": [message, chatbot, *controls],
                            "outputs": [chatbot, stats, message], "show_progress": "hidden", **gen}
-            message.submit(api_visibility="private", **submit_args)
+            message.submit(api_name="respond_on_enter", api_visibility="private", **submit_args)
             send.click(api_name="respond", **submit_args)
             regen_args = {"fn": self.regenerate, "inputs": [chatbot, *controls],
                           "outputs": [chatbot, stats, message], "show_progress": "hidden", **gen}
             regen.click(api_name="regenerate", **regen_args)
-            chatbot.retry(api_visibility="private", **regen_args)
+            chatbot.retry(api_name="retry", api_visibility="private", **regen_args)
             stop.click(self.stop, None, None, api_name="stop", queue=False)
             clear.click(self.clear, None, [chatbot, stats], api_name="clear", queue=False)
-            chatbot.clear(self.clear, None, [chatbot, stats], api_visibility="private", queue=False)
+            chatbot.clear(self.clear, None, [chatbot, stats], api_name="clear_chatbot", api_visibility="private",
+                          queue=False)
 
             switch_out = [backend, unusable, status]
             model.input(self.switch, [model, backend], switch_out, api_name="set_model",

@@ -48,12 +48,11 @@ class _Entry:
 
 class ModelCache:
     def __init__(self, budget_bytes: int | None = None, threads: int | None = None, n_ctx: int | None = None,
-                 session_threads: int | None = None,
                  loader: Callable[..., Model] = llama2.load) -> None:
+        """threads: per session (each user's turn); n_ctx: each session's context length."""
         self.budget_bytes = budget_bytes if budget_bytes is not None else default_budget_bytes()
         self.threads = threads
         self.n_ctx = n_ctx
-        self.session_threads = session_threads
         self._loader = loader
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()  # guards _entries and the entries' fields
@@ -135,8 +134,6 @@ class ModelCache:
                 sess = entry.sessions.get(user)
             if sess is None:
                 sess = model.session()
-                if self.session_threads is not None:
-                    sess.set_threads(self.session_threads)
                 with self._lock:
                     entry.sessions[user] = sess
             yield model, sess
