@@ -243,7 +243,7 @@ class ChatApp:
                 system_prompt=system_prompt))
             settings.validate()
         except ValueError as exc:
-            yield chat, f"⚠️ {exc}", message
+            yield chat, f"**Error:** {exc}", message
             return
         chat.append({"role": "user", "content": message})
         chat.append({"role": "assistant", "content": ""})
@@ -256,7 +256,7 @@ class ChatApp:
             self.log_error(exc)
             if not chat[-1]["content"]:
                 chat.pop()
-            yield chat, f"⚠️ {friendly_error(exc)}", ""
+            yield chat, f"**Error:** {friendly_error(exc)}", ""
 
     def regenerate(self, history: list[dict[str, Any]] | None, model: str = "", backend: str = "",
                    sampler: str = Settings.sampler, temperature: float = Settings.temperature,
@@ -325,20 +325,20 @@ class ChatApp:
             name = dropdown["value"] or self.backend_for(entry, "")  # raises, saying why none is usable
         except Exception as exc:
             self.log_error(exc)
-            yield gr.update(), "", f"⚠️ {friendly_error(exc)}"
+            yield gr.update(), "", f"**Error:** {friendly_error(exc)}"
             return
         if not self.cache.is_loaded(entry.path, name):
-            yield dropdown, unusable, f"⏳ Loading {entry.label} on {name}…"
+            yield dropdown, unusable, f"Loading {entry.label} on {name}…"
         t0 = time.perf_counter()
         try:
             m = self.cache.get(entry.path, name)
         except Exception as exc:
             self.log_error(exc)
-            yield dropdown, unusable, f"⚠️ {name} could not load {entry.label}: {friendly_error(exc)}"
+            yield dropdown, unusable, f"**Error:** {name} could not load {entry.label}: {friendly_error(exc)}"
             return
         took = time.perf_counter() - t0
         when = f"loaded in {took:.1f} s" if took > 0.05 else "already loaded"
-        yield dropdown, unusable, f"✅ {entry.label} on {name} · {m.native.memory_bytes / 2**20:.0f} MiB · {when}"
+        yield dropdown, unusable, f"Ready: {entry.label} on {name} · {m.native.memory_bytes / 2**20:.0f} MiB · {when}"
 
     # --- settings -----------------------------------------------------------
     SETTINGS_FIELDS = ("model", "backend", "sampler", "temperature", "top_k", "top_p", "min_p", "max_new_tokens",
