@@ -182,6 +182,17 @@ class ChatFormat:
         if self.template is not None:
             _compile(self.template)  # a broken template fails at load, not at the first message
 
+    @classmethod
+    def for_tokenizer(cls, template: str | None, tokenizer: Any) -> ChatFormat:
+        """The format for a model with this template (None: LLaMA-2's) and tokenizer."""
+        tokens = tokenizer.tokens
+
+        def text(i: int | None) -> str:
+            return tokens[i] if i is not None else ""
+
+        return cls(template, bos_token=text(tokenizer.bos_id), eos_token=text(tokenizer.eos_id),
+                   bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, add_bos=tokenizer.add_bos)
+
     @property
     def builtin(self) -> bool:
         return self.template is None
