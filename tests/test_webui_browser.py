@@ -123,3 +123,12 @@ def test_chat_stream_stop_and_switch_backend_in_a_browser(server, page, tmp_path
     assert pixels.shape[0] > 500 and pixels.shape[1] > 1000
     assert pixels.std() > 10, "the screenshot is blank"
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, "the screenshot has almost no detail"
+
+    # the settings come back on the next visit (kept in the browser)
+    page.reload()
+    page.wait_for_selector("#message textarea")
+    wait_until(page, lambda: page.inner_text("#status").startswith("Ready:"), what="the model after a reload")
+    wait_until(page, lambda: page.is_checked("#sampler input[value=greedy]")
+               and page.input_value("#max_new_tokens input[data-testid=number-input]") == "300"
+               and page.input_value("#backend input").startswith(target.name)
+               and not page.is_visible("#temperature"), timeout=30, what="the stored settings")

@@ -7,8 +7,8 @@ settings live in the browser (gr.BrowserState) and arrive with every request.
 
 Endpoints for scripts (gradio_client): /chat (message in, answer out, the
 conversation kept per client), /respond (the page's own turn: history and
-settings in, history and stats line out), /stop, /clear, /set_model,
-/set_backend.
+settings in, history and stats line out), /stop, /clear, /set_model and
+/set_backend (load, with a status line).
 """
 
 from __future__ import annotations
@@ -259,23 +259,15 @@ class ChatApp:
             else:  # nothing was answered: the message goes back to the box, to send again
                 yield chat[:-2], f"**Error:** {friendly_error(exc)}", message
 
-    def regenerate(self, history: list[dict[str, Any]] | None, model: str = "", backend: str = "",
-                   sampler: str = Settings.sampler, temperature: float = Settings.temperature,
-                   top_k: int = Settings.top_k, top_p: float = Settings.top_p, min_p: float = Settings.min_p,
-                   max_new_tokens: int = Settings.max_new_tokens,
-                   repetition_penalty: float = Settings.repetition_penalty, seed: int = Settings.seed,
-                   system_prompt: str = "", request: gr.Request | None = None
-                   ) -> Iterator[tuple[list[dict[str, Any]], str, str]]:
-        """Answer the last user message again."""
+    @staticmethod
+    def take_last_question(history: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], str]:
+        """For regenerate: the history before the last user message, and that message (to send again)."""
         chat = plain_history(history)
         while chat and chat[-1]["role"] == "assistant":
             chat.pop()
         if not chat:
-            yield [], "Nothing to regenerate yet.", ""
-            return
-        last = chat.pop()
-        yield from self.respond(last["content"], chat, model, backend, sampler, temperature, top_k, top_p, min_p,
-                                max_new_tokens, repetition_penalty, seed, system_prompt, request)
+            return [], ""
+        return chat[:-1], chat[-1]["content"]
 
     def stop(self, request: gr.Request) -> None:
         self.users.get(request).cancel.set()
@@ -420,10 +412,13 @@ class ChatApp:
                            "outputs": [chatbot, stats, message], "show_progress": "hidden", **gen}
             message.submit(api_name="respond_on_enter", api_visibility="private", **submit_args)
             send.click(api_name="respond", **submit_args)
-            regen_args = {"fn": self.regenerate, "inputs": [chatbot, *controls],
-                          "outputs": [chatbot, stats, message], "show_progress": "hidden", **gen}
-            regen.click(api_name="regenerate", **regen_args)
-            chatbot.retry(api_name="retry", api_visibility="private", **regen_args)
+            # regenerate: take the last question off the chat, then answer it as if just sent
+            question = gr.State("")
+            for trigger in (regen.click, chatbot.retry):
+                trigger(self.take_last_question, chatbot, [chatbot, question], api_visibility="private",
+                        queue=False, show_progress="hidden").then(
+                    fn=self.respond, inputs=[question, chatbot, *controls], outputs=[chatbot, stats, message],
+                    show_progress="hidden", api_visibility="private", **gen)
             stop.click(self.stop, None, None, api_name="stop", queue=False)
             clear.click(self.clear, None, [chatbot, stats], api_name="clear", queue=False)
             chatbot.clear(self.clear, None, [chatbot, stats], api_name="clear_chatbot", api_visibility="private",
