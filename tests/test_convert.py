@@ -152,6 +152,24 @@ def test_tensor_name_tables_follow_the_model_code() -> None:
     assert hf_name("blk.1.ffn_norm.weight") == "model.layers.1.post_attention_layernorm.weight"
 
 
+def test_synthetic_meta_shards_have_meta_layout(tmp_path: Path) -> None:
+    """The slices Meta's model-parallel layers hold (ColumnParallel: rows; RowParallel, embedding: columns)."""
+    hp, multiple_of, mult = make_hparams("gqa", n_layer=1)
+    src = write_random_meta(tmp_path / "m", hp, n_shards=2, multiple_of=multiple_of, ffn_dim_multiplier=mult)
+    d, h, v, kv = hp.n_embd, hp.n_ff, hp.n_vocab, hp.n_head_kv * hp.head_dim
+    shard = torch.load(src / "consolidated.01.pth", weights_only=True)
+    expected = {
+        "tok_embeddings.weight": (v, d // 2), "output.weight": (v // 2, d), "norm.weight": (d,),
+        "layers.0.attention.wq.weight": (d // 2, d), "layers.0.attention.wk.weight": (kv // 2, d),
+        "layers.0.attention.wv.weight": (kv // 2, d), "layers.0.attention.wo.weight": (d, d // 2),
+        "layers.0.feed_forward.w1.weight": (h // 2, d), "layers.0.feed_forward.w3.weight": (h // 2, d),
+        "layers.0.feed_forward.w2.weight": (d, h // 2), "layers.0.attention_norm.weight": (d,),
+        "layers.0.ffn_norm.weight": (d,),
+    }
+    assert {k: tuple(t.shape) for k, t in shard.items()} == expected
+    assert shard["tok_embeddings.weight"].dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize(("dim", "multiple_of", "mult", "hidden"), [
     (4096, 256, None, 11008),  # 7B
     (5120, 256, None, 13824),  # 13B
