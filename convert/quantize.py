@@ -19,7 +19,9 @@ with the file format unchanged.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -247,13 +249,25 @@ def quantize(array: np.ndarray, qtype: GGMLType, *, importance: np.ndarray | Non
         imp = np.asarray(importance, dtype=np.float32).reshape(n_blocks_row, QK)
         # a column no calibration token touched still deserves a little weight
         col_w = imp + np.float32(1e-6) * max(float(imp.mean()), 1e-30)
-    for sl in _row_chunks(rows):
+
+    def work(sl: slice) -> None:
         x = rows[sl].astype(np.float32, copy=False).reshape(-1, QK)
         w = None if col_w is None else np.tile(col_w, (sl.stop - sl.start, 1))
         raw, deq = quantize_blocks(x, qtype, w, search)
         out[sl] = raw.reshape(sl.stop - sl.start, -1)
         if deq_rows is not None:
             deq_rows[sl] = deq.reshape(sl.stop - sl.start, -1)
+
+    slices = list(_row_chunks(rows))
+    threads = min(len(slices), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if threads > 1:
+        # numpy releases the GIL inside its loops, so slices quantize in parallel; results do not
+        # depend on the thread count
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(work, slices))
+    else:
+        for sl in slices:
+            work(sl)
     return out.reshape(*array.shape[:-1], n_blocks_row * block_bytes)
 
 
