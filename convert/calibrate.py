@@ -28,7 +28,8 @@ from .gguf_writer import TokenizerData
 
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters (space -> 'Ġ', newline -> 'Ċ')."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     mapping = {b: chr(b) for b in printable}
     extra = 0
     for b in range(256):
@@ -87,7 +88,8 @@ def collect_importance(ckpt: Checkpoint, text: str, *, max_tokens: int = 1024, w
     tokens = tokenize_for_calibration(ckpt, text)[:max_tokens]
     if len(tokens) < 2:
         raise ValueError("the calibration text is too short (fewer than 2 tokens)")
-    weights = {t.name: t.load() for t in tqdm(ckpt.tensors, desc="loading for calibration", disable=not progress)}
+    loading = tqdm(ckpt.tensors, desc="loading for calibration", disable=not progress)
+    weights = {t.name: t.load() for t in loading}
     cfg = ReferenceConfig(n_vocab=hp.n_vocab, n_embd=hp.n_embd, n_layer=hp.n_layer, n_head=hp.n_head,
                           n_head_kv=hp.n_head_kv, n_ff=hp.n_ff, rms_eps=hp.rms_eps,
                           rope_freq_base=hp.rope_freq_base, n_rot=hp.rot_dims)

@@ -103,5 +103,6 @@ def release_pages(t: object, ranges: list[tuple[int, int]]) -> None:
 def check_vocab(n_vocab: int, tokenizer: TokenizerData, where: str) -> None:
     if n_vocab != len(tokenizer.tokens):
         raise ConvertError(
-            f"{where}: vocabulary size {n_vocab} disagrees with the tokenizer's {len(tokenizer.tokens)} tokens"
+            f"{where}: vocabulary size {n_vocab} disagrees with the tokenizer's "
+            f"{len(tokenizer.tokens)} tokens"
         )

@@ -28,7 +28,8 @@ def synthetic_hparams(spec: str, n_vocab: int) -> LlamaHParams:
     fields: dict[str, int] = dict(SYNTHETIC_SHAPES["tiny"])
     if parts and "=" not in parts[0]:
         if parts[0] not in SYNTHETIC_SHAPES:
-            raise ConvertError(f"--synthetic: unknown shape {parts[0]!r} ({', '.join(SYNTHETIC_SHAPES)} or k=v,...)")
+            raise ConvertError(f"--synthetic: unknown shape {parts[0]!r} "
+                               f"({', '.join(SYNTHETIC_SHAPES)} or k=v,...)")
         fields = dict(SYNTHETIC_SHAPES[parts.pop(0)])
     for part in parts:
         key, _, value = part.partition("=")
@@ -130,7 +131,8 @@ def _export(args: argparse.Namespace, src: Path, out: Path, file_type: GGMLType)
             text = args.calibration.read_text(encoding="utf-8")
         except OSError as e:
             raise ConvertError(f"{args.calibration}: cannot read calibration text ({e})") from e
-        importance = collect_importance(ckpt, text, max_tokens=args.calibration_tokens, progress=not args.quiet)
+        importance = collect_importance(ckpt, text, max_tokens=args.calibration_tokens,
+                                        progress=not args.quiet)
     output_type = GGMLType.F32 if args.keep_output_f32 else args.output_type
     summary = export(ckpt, out, file_type, output_type=output_type, importance=importance,
                      search=not args.plain, force=args.force, progress=not args.quiet)

@@ -234,7 +234,8 @@ def write_llama_gguf(
         writer.write_ti_data_to_file()
         n_written = 0
         for spec, t in zip(specs, tensors, strict=False):
-            if (t.name, tuple(t.shape), t.type) != (spec.name, spec.shape, spec.type) or t.data.nbytes != spec.nbytes:
+            arrived = (t.name, tuple(t.shape), t.type, t.data.nbytes)
+            if arrived != (spec.name, spec.shape, spec.type, spec.nbytes):
                 raise ValueError(
                     f"tensor {t.name} {t.type.name}{list(t.shape)} ({t.data.nbytes} bytes) arrived where "
                     f"{spec.name} {spec.type.name}{list(spec.shape)} ({spec.nbytes} bytes) was announced"

@@ -62,7 +62,8 @@ def hf_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 def hf_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     """The inverse of hf_permute: back to Meta's interleaved rows."""
     rows, cols = w.shape
-    return np.ascontiguousarray(w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(rows, cols))
+    out = w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    return np.ascontiguousarray(out)
 
 
 def hparams_from_config(config: dict[str, object], where: Path) -> tuple[LlamaHParams, bool]:

@@ -174,7 +174,8 @@ def open_meta(folder: str | Path) -> Checkpoint:
         key, dim = meta_name(gguf_name)
         if key not in names:
             raise ConvertError(f"{paths[0]}: tensor {key} is missing")
-        tensors.append(SourceTensor(gguf_name, shape, loader(gguf_name, key, dim, shape), f"{paths[0]}: {key}"))
+        load = loader(gguf_name, key, dim, shape)
+        tensors.append(SourceTensor(gguf_name, shape, load, f"{paths[0]}: {key}"))
     return Checkpoint(
         path=folder, hparams=hp, tokenizer=tokenizer, tensors=tensors,
         chat_template=LLAMA2_CHAT_TEMPLATE if looks_like_chat_model(folder) else None,

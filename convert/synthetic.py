@@ -120,8 +120,8 @@ def write_random_llama(
         from tqdm import tqdm
 
         arrays = random_llama_tensors(hp, seed, tied_output)
-        for spec, (name, array) in tqdm(zip(specs, arrays, strict=True), total=len(specs), disable=not progress,
-                                        desc=Path(out).name):
+        pairs = zip(specs, arrays, strict=True)
+        for spec, (name, array) in tqdm(pairs, total=len(specs), disable=not progress, desc=Path(out).name):
             yield encode_tensor(name, array, spec.type, search=False)
 
     return write_llama_gguf(out, hp, encoded(), tok, specs=specs, chat_template=chat_template,
@@ -153,7 +153,8 @@ def sentencepiece_model_bytes(tok: TokenizerData) -> bytes:
     return proto.SerializeToString()
 
 
-def _torch_weights(hp: LlamaHParams, seed: int, tied_output: bool, dtype: object) -> Iterator[tuple[str, object]]:
+def _torch_weights(hp: LlamaHParams, seed: int, tied_output: bool, dtype: object
+                   ) -> Iterator[tuple[str, object]]:
     import torch
 
     for name, array in random_llama_tensors(hp, seed, tied_output):
@@ -239,7 +240,8 @@ def write_random_hf(
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hp.n_embd,
         "intermediate_size": hp.n_ff, "num_attention_heads": hp.n_head, "num_hidden_layers": hp.n_layer,
         "num_key_value_heads": hp.n_head_kv, "rms_norm_eps": hp.rms_eps, "rope_theta": hp.rope_freq_base,
-        "vocab_size": hp.n_vocab, "max_position_embeddings": hp.n_ctx_train, "tie_word_embeddings": tied_output,
+        "vocab_size": hp.n_vocab, "max_position_embeddings": hp.n_ctx_train,
+        "tie_word_embeddings": tied_output,
         "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "torch_dtype": "float32",
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
@@ -270,5 +272,6 @@ def write_random_hf(
             torch.save(part, folder / file)
         weight_map.update(dict.fromkeys(group, file))
     if n_files > 1:
-        (folder / f"{stem}.{ext}.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        index = {"metadata": {}, "weight_map": weight_map}
+        (folder / f"{stem}.{ext}.index.json").write_text(json.dumps(index))
     return folder

@@ -69,7 +69,8 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def tensors_of(path: Path) -> dict[str, tuple[str, bytes]]:
-    return {t.name: (t.tensor_type.name, bytes(np.asarray(t.data).tobytes())) for t in gguf.GGUFReader(path).tensors}
+    reader = gguf.GGUFReader(path)
+    return {t.name: (t.tensor_type.name, np.asarray(t.data).tobytes()) for t in reader.tensors}
 
 
 @pytest.mark.parametrize("n_shards", [1, 2])
@@ -153,7 +154,8 @@ def test_tensor_name_tables_follow_the_model_code() -> None:
 
 
 def test_synthetic_meta_shards_have_meta_layout(tmp_path: Path) -> None:
-    """The slices Meta's model-parallel layers hold (ColumnParallel: rows; RowParallel, embedding: columns)."""
+    """The slices Meta's model-parallel layers hold: rows for ColumnParallel, columns for
+    RowParallel and the embedding."""
     hp, multiple_of, mult = make_hparams("gqa", n_layer=1)
     src = write_random_meta(tmp_path / "m", hp, n_shards=2, multiple_of=multiple_of, ffn_dim_multiplier=mult)
     d, h, v, kv = hp.n_embd, hp.n_ff, hp.n_vocab, hp.n_head_kv * hp.head_dim
@@ -234,9 +236,9 @@ def test_gguf_source_llama_cpp_file(tmp_path: Path, smol_path: Path) -> None:
     out = tmp_path / "smol_q8.gguf"
     assert convert_main(["quantize", str(smol_path), str(out), "q8_0", "--quiet"]) == 0
     src, dst = gguf.GGUFReader(smol_path), gguf.GGUFReader(out)
-    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.merges",
-                "tokenizer.chat_template", "tokenizer.ggml.eos_token_id", "llama.rope.freq_base",
-                "llama.attention.head_count_kv"):
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens",
+                "tokenizer.ggml.merges", "tokenizer.chat_template", "tokenizer.ggml.eos_token_id",
+                "llama.rope.freq_base", "llama.attention.head_count_kv"):
         assert dst.fields[key].contents() == src.fields[key].contents(), key
     assert {t.tensor_type.name for t in dst.tensors} == {"F32", "Q8_0"}
     tokens = [1, 504, 3575, 282, 4649, 314]
@@ -292,7 +294,8 @@ def test_shard_count_mismatch(tmp_path: Path, meta_src: tuple[Path, LlamaHParams
     src, _ = meta_src
     (src / "consolidated.01.pth").unlink()
     out = tmp_path / "o.gguf"
-    with pytest.raises(ConvertError, match=r"consolidated\.00\.pth: tok_embeddings\.weight has shape .* 1 shard"):
+    with pytest.raises(ConvertError,
+                       match=r"consolidated\.00\.pth: tok_embeddings\.weight has shape .* 1 shard"):
         export(open_checkpoint(src), out, GGMLType.F16, progress=False)
     assert_nothing_written(tmp_path, out)
 
@@ -306,7 +309,8 @@ def test_wrong_shape(tmp_path: Path) -> None:
     state["model.layers.0.mlp.up_proj.weight"] = state["model.layers.0.mlp.up_proj.weight"][:-1].clone()
     save_file(state, src / "model.safetensors")
     out = tmp_path / "o.gguf"
-    with pytest.raises(ConvertError, match=r"model\.safetensors: model\.layers\.0\.mlp\.up_proj\.weight: shape"):
+    with pytest.raises(ConvertError,
+                       match=r"model\.safetensors: model\.layers\.0\.mlp\.up_proj\.weight: shape"):
         export(open_checkpoint(src), out, GGMLType.F16, progress=False)
     assert_nothing_written(tmp_path, out)
 
@@ -316,7 +320,8 @@ def test_vocab_disagrees_with_tokenizer(tmp_path: Path, meta_src: tuple[Path, Ll
     params = json.loads((src / "params.json").read_text())
     params["vocab_size"] = 32000
     (src / "params.json").write_text(json.dumps(params))
-    with pytest.raises(ConvertError, match=r"params\.json: vocab_size: vocabulary size 32000 disagrees .* 320"):
+    with pytest.raises(ConvertError,
+                       match=r"params\.json: vocab_size: vocabulary size 32000 disagrees .* 320"):
         open_checkpoint(src)
 
 
@@ -326,7 +331,8 @@ def test_unknown_dtype(tmp_path: Path, meta_src: tuple[Path, LlamaHParams]) -> N
     shard["layers.0.attention.wk.weight"] = shard["layers.0.attention.wk.weight"].to(torch.int8)
     torch.save(shard, src / "consolidated.01.pth")
     out = tmp_path / "o.gguf"
-    with pytest.raises(ConvertError, match=r"consolidated\.01\.pth: layers\.0\.attention\.wk\.weight: unsupported dtype"):
+    with pytest.raises(ConvertError,
+                       match=r"consolidated\.01\.pth: layers\.0\.attention\.wk\.weight: unsupported dtype"):
         export(open_checkpoint(src), out, GGMLType.F16, progress=False)
     assert_nothing_written(tmp_path, out)
 
@@ -338,7 +344,8 @@ def test_nan_or_inf_in_weights(tmp_path: Path, meta_src: tuple[Path, LlamaHParam
     shard["layers.0.feed_forward.w2.weight"][3, 5] = bad
     torch.save(shard, src / "consolidated.00.pth")
     out = tmp_path / "o.gguf"
-    with pytest.raises(ConvertError, match=r"layers\.0\.feed_forward\.w2\.weight: (nan|inf) at index \[3, 5\]"):
+    with pytest.raises(ConvertError,
+                       match=r"layers\.0\.feed_forward\.w2\.weight: (nan|inf) at index \[3, 5\]"):
         export(open_checkpoint(src), out, GGMLType.Q8_0, progress=False)
     assert_nothing_written(tmp_path, out)
 

@@ -20,7 +20,7 @@ QTYPES = pytest.mark.parametrize("qtype", QUANT_TYPES, ids=lambda t: t.name)
 
 
 def weights_like_a_model(rows: int = 96, cols: int = 256, seed: int = 0) -> np.ndarray:
-    """Heavy-tailed rows with a few outliers and the awkward blocks: zero, constant, one spike, all negative."""
+    """Heavy-tailed rows and the awkward blocks: zero, constant, one spike, all negative, tiny."""
     rng = np.random.default_rng(seed)
     w = (rng.standard_t(5, size=(rows, cols)) * 0.02).astype(np.float32)
     w[0, :32] = 0
@@ -124,8 +124,8 @@ def test_calibration_statistics_are_mean_squared_inputs(tmp_path: Path) -> None:
     ckpt = open_checkpoint(src)
     text = "the capital of france is paris and the city of light " * 4
     imp = collect_importance(ckpt, text, progress=False)
-    assert set(imp) == {t.name for t in ckpt.tensors if t.name.startswith("blk.") and "norm" not in t.name} | \
-        {"output.weight"}
+    matmuls = {t.name for t in ckpt.tensors if t.name.startswith("blk.") and "norm" not in t.name}
+    assert set(imp) == matmuls | {"output.weight"}
     assert imp["blk.0.ffn_down.weight"].shape == (hp.n_ff,)
     # q, k and v read the same normalised input
     np.testing.assert_array_equal(imp["blk.0.attn_q.weight"], imp["blk.0.attn_v.weight"])

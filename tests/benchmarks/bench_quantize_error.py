@@ -47,7 +47,8 @@ def main() -> None:
         from llama2.convert.export import open_checkpoint
 
         ckpt = open_checkpoint(args.model)
-        imp_cal = collect_importance(ckpt, args.calibration.read_text(), max_tokens=args.tokens, progress=False)
+        imp_cal = collect_importance(ckpt, args.calibration.read_text(), max_tokens=args.tokens,
+                                     progress=False)
         held = args.held_out or args.calibration
         imp_eval = collect_importance(ckpt, held.read_text(), max_tokens=args.tokens, progress=False)
 
@@ -79,7 +80,8 @@ def main() -> None:
                 sums["w_ours_imp"] += float((((guided - x) ** 2) * w).sum())
         line = (f"{GGMLType(qtype).name}: MSE plain {sums['plain'] / n:.4e}, ours {sums['ours'] / n:.4e} "
                 f"(ratio {sums['ours'] / sums['plain']:.3f}); s/GB plain {seconds['plain'] / gb:.1f}, "
-                f"ours {seconds['ours'] / gb:.1f}; ours in CPU seconds (all threads) per GB {cpu_ours / gb:.1f}")
+                f"ours {seconds['ours'] / gb:.1f}; ours in CPU seconds (all threads) per GB "
+                f"{cpu_ours / gb:.1f}")
         if imp_eval is not None:
             line += (f"; activation-weighted error on held-out text: ours/plain "
                      f"{sums['w_ours'] / sums['w_plain']:.3f}, ours+calibration/plain "
