@@ -45,14 +45,23 @@ class Checkpoint:
     extra_kv: dict[str, object] = field(default_factory=dict)  # other keys to carry over (GGUF sources)
 
 
-def torch_to_float32(t: object, origin: str) -> np.ndarray:
-    """A float32 numpy copy of a float tensor (F32, F16, BF16); anything else is an error."""
+def check_float_dtype(t: object, origin: str) -> None:
     import torch
 
     assert isinstance(t, torch.Tensor)
     if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ConvertError(f"{origin}: unsupported dtype {t.dtype} (expected float32, float16 or bfloat16)")
-    return t.to(torch.float32).numpy().copy() if t.dtype != torch.float32 else t.numpy().copy()
+
+
+def torch_to_float32(t: object, origin: str) -> np.ndarray:
+    """A float32 numpy array that owns its memory, from a float tensor (F32, F16, BF16)."""
+    import torch
+
+    check_float_dtype(t, origin)
+    assert isinstance(t, torch.Tensor)
+    if t.dtype == torch.float32:
+        return t.numpy().copy()  # the tensor may live in a mapping that is about to be released
+    return t.to(torch.float32).numpy()  # already a new buffer: no second copy
 
 
 _libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None

@@ -19,6 +19,7 @@ from .checkpoint import (
     Checkpoint,
     ConvertError,
     SourceTensor,
+    check_float_dtype,
     check_vocab,
     mapped_ranges,
     release_pages,
@@ -142,30 +143,41 @@ def open_meta(folder: str | Path) -> Checkpoint:
     if extra:
         raise ConvertError(f"{paths[0]}: unexpected tensor {sorted(extra)[0]}")
 
-    def loader(gguf_name: str, key: str, dim: int | None, shape: tuple[int, ...]):
+    def loader(key: str, dim: int | None, shape: tuple[int, ...]):
         def load() -> np.ndarray:
-            pieces = []
-            for p, sd, ranges in shards:
-                t = sd[key]
-                pieces.append(torch_to_float32(t, f"{p}: {key}"))
-                release_pages(t, ranges)
+            pieces = [sd[key] for _, sd, _ in shards]
+            for (p, _, _), t in zip(shards, pieces, strict=True):
+                check_float_dtype(t, f"{p}: {key}")
             if dim is None:
-                for (p, _, _), piece in zip(shards, pieces, strict=True):
-                    if piece.shape != pieces[0].shape:
-                        raise ConvertError(f"{p}: {key} has shape {list(piece.shape)}, "
+                for (p, _, _), t in zip(shards, pieces, strict=True):
+                    if t.shape != pieces[0].shape:
+                        raise ConvertError(f"{p}: {key} has shape {list(t.shape)}, "
                                            f"{paths[0].name} has {list(pieces[0].shape)}")
-                full = pieces[0]
-            elif len(pieces) == 1:
-                full = pieces[0]
+                joined = list(pieces[0].shape)
             else:
-                try:
-                    full = np.concatenate(pieces, axis=dim)
-                except ValueError as e:
-                    raise ConvertError(f"{paths[0]}: {key}: shards do not join along dim {dim} ({e})") from e
-            if full.shape != shape:
+                joined = list(pieces[0].shape)
+                if len(joined) > dim:
+                    joined[dim] = sum(t.shape[dim] for t in pieces)
+                for t in pieces:
+                    other = [n for i, n in enumerate(t.shape) if i != dim]
+                    if other != [n for i, n in enumerate(shape) if i != dim]:
+                        joined = list(t.shape)
+                        break
+            if tuple(joined) != shape:
                 raise ConvertError(
-                    f"{paths[0]}: {key} has shape {list(full.shape)} after joining {len(shards)} shard(s), "
+                    f"{paths[0]}: {key} has shape {joined} after joining {len(shards)} shard(s), "
                     f"expected {list(shape)} from params.json (shard count or params mismatch?)")
+            if dim is None or len(pieces) == 1:
+                full = torch_to_float32(pieces[0], f"{paths[0]}: {key}")
+            else:
+                # each slice converts straight into its place: no second full-size copy
+                full = np.empty(shape, dtype=np.float32)
+                view, pos = torch.from_numpy(full), 0
+                for t in pieces:
+                    view.narrow(dim, pos, t.shape[dim]).copy_(t)
+                    pos += t.shape[dim]
+            for (_, _, ranges), t in zip(shards, pieces, strict=True):
+                release_pages(t, ranges)
             return full
         return load
 
@@ -174,7 +186,7 @@ def open_meta(folder: str | Path) -> Checkpoint:
         key, dim = meta_name(gguf_name)
         if key not in names:
             raise ConvertError(f"{paths[0]}: tensor {key} is missing")
-        load = loader(gguf_name, key, dim, shape)
+        load = loader(key, dim, shape)
         tensors.append(SourceTensor(gguf_name, shape, load, f"{paths[0]}: {key}"))
     return Checkpoint(
         path=folder, hparams=hp, tokenizer=tokenizer, tensors=tensors,
