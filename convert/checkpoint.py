@@ -85,21 +85,21 @@ def mapped_ranges(path: Path) -> list[tuple[int, int]]:
 
 
 def release_pages(t: object, ranges: list[tuple[int, int]]) -> None:
-    """Drop a memory-mapped tensor's pages from this process's resident set.
+    """Drop a memory-mapped tensor's (torch or numpy) pages from this process's resident set.
 
     Pages of a file mapping stay resident (and count in RSS) once read, until
-    the mapping goes away, and torch.load(mmap=True) keeps a whole shard
-    mapped. We never write to them, so dropping them is safe: a later access
-    reads the file again. Only ranges inside the file's own mappings are
-    touched; on anonymous memory the same advice would zero the data.
+    the mapping goes away, and torch.load(mmap=True) or GGUFReader keep a
+    whole file mapped. We never write to them, so dropping them is safe: a
+    later access reads the file again. Only ranges inside the file's own
+    mappings are touched; on anonymous memory the same advice would zero the data.
     """
     if _libc is None:
         return
-    import torch
-
-    assert isinstance(t, torch.Tensor)
-    storage = t.untyped_storage()
-    start, length = storage.data_ptr(), storage.nbytes()
+    if isinstance(t, np.ndarray):
+        start, length = t.ctypes.data, t.nbytes
+    else:
+        storage = t.untyped_storage()  # type: ignore[attr-defined]
+        start, length = storage.data_ptr(), storage.nbytes()
     page = mmap.PAGESIZE
     begin = start // page * page
     end = -(-(start + length) // page) * page

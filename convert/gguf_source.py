@@ -12,7 +12,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .checkpoint import Checkpoint, ConvertError, SourceTensor, check_vocab
+from .checkpoint import Checkpoint, ConvertError, SourceTensor, check_vocab, mapped_ranges, release_pages
 from .gguf_writer import GGMLType, LlamaHParams, TokenizerData, llama_tensor_shapes
 
 # keys the writer sets itself from the hyper-parameters and the file's new contents
@@ -107,6 +107,7 @@ def open_gguf(path: str | Path) -> Checkpoint:
     if extra:
         raise ConvertError(f"{path}: unsupported tensor {extra[0]}")
 
+    ranges = mapped_ranges(path)
     tensors = []
     for name, shape in expected.items():
         t = by_name.get(name)
@@ -116,8 +117,8 @@ def open_gguf(path: str | Path) -> Checkpoint:
         if found != shape:
             raise ConvertError(f"{path}: {name} has shape {list(found)}, expected {list(shape)}")
         tensors.append(SourceTensor(
-            name, shape, _dequantizer(t, shape, f"{path}: {name}"), f"{path}: {name}",
-            raw_type=GGMLType(int(t.tensor_type)), load_raw=lambda t=t: np.asarray(t.data)))
+            name, shape, _dequantizer(t, shape, f"{path}: {name}", ranges), f"{path}: {name}",
+            raw_type=GGMLType(int(t.tensor_type)), load_raw=_raw_copier(t, ranges)))
     general_name = reader.fields.get("general.name")
     carried = {k: _typed(f) for k, f in reader.fields.items()
                if k.startswith("general.") and k not in _WRITTEN_BY_US}
@@ -128,11 +129,25 @@ def open_gguf(path: str | Path) -> Checkpoint:
                       name=str(general_name.contents()) if general_name else path.stem, extra_kv=carried)
 
 
-def _dequantizer(t: gguf.ReaderTensor, shape: tuple[int, ...], origin: str):
+def _dequantizer(t: gguf.ReaderTensor, shape: tuple[int, ...], origin: str, ranges: list[tuple[int, int]]):
     def load() -> np.ndarray:
+        data = np.asarray(t.data)
         try:
-            values = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+            values = gguf.quants.dequantize(data, t.tensor_type)
         except NotImplementedError as e:
             raise ConvertError(f"{origin}: cannot decode tensor type {t.tensor_type.name}") from e
-        return np.asarray(values, dtype=np.float32).reshape(shape)
+        values = np.asarray(values, dtype=np.float32).reshape(shape)
+        if np.may_share_memory(values, data):  # F32 "dequantizes" to a view of the file
+            values = values.copy()
+        release_pages(data, ranges)
+        return values
     return load
+
+
+def _raw_copier(t: gguf.ReaderTensor, ranges: list[tuple[int, int]]):
+    def load_raw() -> np.ndarray:
+        data = np.asarray(t.data)
+        copy = data.copy()
+        release_pages(data, ranges)
+        return copy
+    return load_raw
