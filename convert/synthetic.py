@@ -14,6 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from llama2.tokenizer import (
+    TOKEN_BYTE,
+    TOKEN_CONTROL,
+    TOKEN_NORMAL,
+    TOKEN_UNKNOWN,
+    TOKEN_UNUSED,
+    sentencepiece_model_proto,
+)
+
 from .gguf_writer import (
     GGMLType,
     LlamaHParams,
@@ -23,9 +32,6 @@ from .gguf_writer import (
     llama_tensor_shapes,
     write_llama_gguf,
 )
-
-# sentencepiece piece types, as stored in tokenizer.ggml.token_type
-TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 
 _WORDS = (
     "the of and to in is was for that on as with by he at from his it an were are which this be "
@@ -86,9 +92,7 @@ def random_llama_tensors(
             yield name, rng.standard_normal(shape, dtype=np.float32)
         else:
             # 1/sqrt(in) keeps activations O(1) so logits are varied, not flat
-            w = rng.standard_normal(shape, dtype=np.float32)
-            w *= np.float32(1 / np.sqrt(shape[1]))
-            yield name, w
+            yield name, (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[1])).astype(np.float32)
 
 
 def write_random_llama(
@@ -102,19 +106,26 @@ def write_random_llama(
     chat_template: str | None = None,
     force: bool = True,
     progress: bool = False,
+    export_types: bool = False,
 ) -> Path:
     """Write a random llama GGUF, streaming (a 7B shape needs one tensor in memory at a time).
 
-    Matrices are encoded as quantize.tensor_type chooses for qtype with plain
-    rounding (the weights are noise; quality does not matter), norms F32.
+    Every matrix is qtype, norms F32; with export_types the matrices get the
+    types an export to qtype gives them (quantize.tensor_type: Q8_0 embedding
+    and output in 4-bit files). Plain rounding: the weights are noise.
     """
     from .quantize import FILE_TYPES, encode_tensor, tensor_type
+
+    def type_of(name: str, shape: tuple[int, ...]) -> GGMLType:
+        if export_types:
+            return tensor_type(name, shape, qtype)
+        return qtype if len(shape) == 2 else GGMLType.F32
 
     tok = tokenizer or synthetic_llama_tokenizer(hp.n_vocab)
     if len(tok.tokens) != hp.n_vocab:
         raise ValueError(f"tokenizer has {len(tok.tokens)} tokens but the model has n_vocab={hp.n_vocab}")
     shapes = llama_tensor_shapes(hp, tied_output)
-    specs = [TensorSpec(name, shape, tensor_type(name, shape, qtype)) for name, shape in shapes.items()]
+    specs = [TensorSpec(name, shape, type_of(name, shape)) for name, shape in shapes.items()]
 
     def encoded() -> Iterator[TensorData]:
         from tqdm import tqdm
@@ -129,28 +140,10 @@ def write_random_llama(
 
 
 def sentencepiece_model_bytes(tok: TokenizerData) -> bytes:
-    """A real sentencepiece tokenizer.model (BPE with byte fallback, like LLaMA's) for a vocabulary."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
-    proto = pb.ModelProto()
-    for piece, score, kind in zip(tok.tokens, tok.scores or [0.0] * len(tok.tokens),
-                                  tok.token_types or [TOKEN_NORMAL] * len(tok.tokens), strict=True):
-        p = proto.pieces.add()
-        p.piece, p.score, p.type = piece, score, kind
-    spec = proto.trainer_spec
-    spec.model_type = pb.TrainerSpec.BPE
-    spec.vocab_size = len(tok.tokens)
-    spec.byte_fallback = True
-    spec.unk_id = -1 if tok.unk_id is None else tok.unk_id
-    spec.bos_id = -1 if tok.bos_id is None else tok.bos_id
-    spec.eos_id = -1 if tok.eos_id is None else tok.eos_id
-    spec.pad_id = -1 if tok.pad_id is None else tok.pad_id
-    norm = proto.normalizer_spec
-    norm.name = "identity"
-    norm.add_dummy_prefix = True
-    norm.remove_extra_whitespaces = False
-    norm.escape_whitespaces = True
-    return proto.SerializeToString()
+    """A real sentencepiece tokenizer.model for a vocabulary, as Meta and HF ship it."""
+    n = len(tok.tokens)
+    return sentencepiece_model_proto(tok.tokens, tok.scores or [0.0] * n, tok.token_types or [TOKEN_NORMAL] * n,
+                                     unk_id=tok.unk_id, bos_id=tok.bos_id, eos_id=tok.eos_id)
 
 
 def _torch_weights(hp: LlamaHParams, seed: int, tied_output: bool, dtype: object
