@@ -148,13 +148,12 @@ def write_tokenizer(writer: gguf.GGUFWriter, tok: TokenizerData) -> None:
 
 
 def add_typed_value(writer: gguf.GGUFWriter, key: str, value: object) -> None:
-    """Write a key whose GGUF type is implied by the Python value, or given as (GGUFValueType, value)."""
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], gguf.GGUFValueType):
-        vtype, value = value
-        sub_type = None
-        if vtype == gguf.GGUFValueType.ARRAY and isinstance(value, list) and value:
-            sub_type = gguf.GGUFValueType.get_type(value[0])
-        writer.add_key_value(key, value, vtype, sub_type)
+    """Write a key whose GGUF type is implied by the Python value, or spelt out as
+    (GGUFValueType, value) or (ARRAY, list, element GGUFValueType)."""
+    if isinstance(value, tuple) and value and isinstance(value[0], gguf.GGUFValueType):
+        vtype, payload = value[0], value[1]
+        sub_type = value[2] if len(value) > 2 else None
+        writer.add_key_value(key, payload, vtype, sub_type)
         return
     writer.add_key_value(key, value, gguf.GGUFValueType.get_type(value))
 
@@ -235,7 +234,8 @@ def write_llama_gguf(
         writer.write_ti_data_to_file()
         n_written = 0
         for spec, t in zip(specs, tensors, strict=False):
-            if (t.name, tuple(t.shape), t.type) != (spec.name, spec.shape, spec.type) or t.data.nbytes != spec.nbytes:
+            arrived = (t.name, tuple(t.shape), t.type, t.data.nbytes)
+            if arrived != (spec.name, spec.shape, spec.type, spec.nbytes):
                 raise ValueError(
                     f"tensor {t.name} {t.type.name}{list(t.shape)} ({t.data.nbytes} bytes) arrived where "
                     f"{spec.name} {spec.type.name}{list(spec.shape)} ({spec.nbytes} bytes) was announced"

@@ -19,7 +19,9 @@ with the file format unchanged.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -82,6 +84,17 @@ def _dot(a: np.ndarray, b: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     return np.einsum("ij,ij,ij->i", w, a, b)[:, None]
 
 
+def _sq_err(x: np.ndarray, d: np.ndarray, lev: np.ndarray, m: np.ndarray | None, w: np.ndarray | None,
+            buf: np.ndarray) -> np.ndarray:
+    """Weighted squared error of the blocks' values d*L (+ m), computed directly: the expanded
+    form d^2*sum(L^2) - 2d*sum(xL) cancels badly in float32 when errors are tiny (Q8_0)."""
+    np.multiply(lev, d, out=buf)
+    if m is not None:
+        buf += m
+    np.subtract(x, buf, out=buf)
+    return _dot(buf, buf, w)
+
+
 def _round_levels(x: np.ndarray, scale: np.ndarray, lo: int, hi: int, out: np.ndarray) -> np.ndarray:
     np.multiply(x, scale, out=out)
     np.rint(out, out=out)
@@ -110,11 +123,11 @@ def _symmetric(x: np.ndarray, w: np.ndarray | None, qtype: GGMLType, search: boo
     if not search:
         return _fp16(d), levels.astype(np.float32)
     # Only the scale is kept per candidate: the levels are re-derived from it at the end.
-    # Error up to a per-block constant: d^2*sum(wLL) - 2d*sum(wxL).
     best_d = _fp16(d)
     lev = np.empty_like(x)
+    buf = np.empty_like(x)
     _round_levels(x, _safe_inverse(best_d), lo, hi, lev)
-    best_e = best_d * best_d * _dot(lev, lev, w) - 2 * best_d * _dot(x, lev, w)
+    best_e = _sq_err(x, best_d, lev, None, w, buf)
     inv_extreme = _safe_inverse(extreme)
     starts = [levels.astype(np.float32)] + [np.float32(t) * inv_extreme for t in targets]
     for start in starts:
@@ -126,7 +139,7 @@ def _symmetric(x: np.ndarray, w: np.ndarray | None, qtype: GGMLType, search: boo
         with np.errstate(divide="ignore", invalid="ignore"):
             dc = _fp16(np.where(l2 > 0, _dot(x, lev, w) / l2, 0).astype(np.float32))
         _round_levels(x, _safe_inverse(dc), lo, hi, lev)
-        ec = dc * dc * _dot(lev, lev, w) - 2 * dc * _dot(x, lev, w)
+        ec = _sq_err(x, dc, lev, None, w, buf)
         better = ec < best_e
         best_e = np.where(better, ec, best_e)
         best_d = np.where(better, dc, best_d)
@@ -150,11 +163,10 @@ def _affine(x: np.ndarray, w: np.ndarray | None, search: bool
     shifted = np.empty_like(x)
 
     def fit_and_score(dc: np.ndarray, mc: np.ndarray) -> np.ndarray:
-        # levels for the stored (fp16) d and m; error up to a per-block constant
+        # the levels for the stored (fp16) d and m, and their error
         np.subtract(x, mc, out=shifted)
         _round_levels(shifted, _safe_inverse(dc), 0, 15, lev)
-        sl, sl2, slx = _dot(lev, ones, w), _dot(lev, lev, w), _dot(lev, x, w)
-        return dc * dc * sl2 + 2 * dc * mc * sl + mc * mc * sw - 2 * dc * slx - 2 * mc * sx
+        return _sq_err(x, dc, lev, mc, w, shifted)
 
     best_d, best_m = _fp16(d), _fp16(mn)
     best_e = fit_and_score(best_d, best_m)
@@ -237,13 +249,25 @@ def quantize(array: np.ndarray, qtype: GGMLType, *, importance: np.ndarray | Non
         imp = np.asarray(importance, dtype=np.float32).reshape(n_blocks_row, QK)
         # a column no calibration token touched still deserves a little weight
         col_w = imp + np.float32(1e-6) * max(float(imp.mean()), 1e-30)
-    for sl in _row_chunks(rows):
+
+    def work(sl: slice) -> None:
         x = rows[sl].astype(np.float32, copy=False).reshape(-1, QK)
         w = None if col_w is None else np.tile(col_w, (sl.stop - sl.start, 1))
         raw, deq = quantize_blocks(x, qtype, w, search)
         out[sl] = raw.reshape(sl.stop - sl.start, -1)
         if deq_rows is not None:
             deq_rows[sl] = deq.reshape(sl.stop - sl.start, -1)
+
+    slices = list(_row_chunks(rows))
+    threads = min(len(slices), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if threads > 1:
+        # numpy releases the GIL inside its loops, so slices quantize in parallel; results do not
+        # depend on the thread count
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(work, slices))
+    else:
+        for sl in slices:
+            work(sl)
     return out.reshape(*array.shape[:-1], n_blocks_row * block_bytes)
 
 
