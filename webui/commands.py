@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from .model_cache import ModelCache
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "httpcore", "urllib3"):
+    for noisy in ("httpx", "httpcore", "urllib3", "gguf"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     auth = parse_auth(args.auth)
     if args.concurrency is not None and args.concurrency < 1:
