@@ -96,7 +96,8 @@ class SentencePieceTokenizer(_BaseTokenizer):
         proto.trainer_spec.model_type = pb.TrainerSpec.BPE
         proto.trainer_spec.vocab_size = len(tokens)
         proto.trainer_spec.byte_fallback = True
-        proto.trainer_spec.unk_id = int(meta.get("unk", 0))
+        unk = _check_id("tokenizer.ggml.unknown_token_id", meta.get("unk", 0), self.n_vocab)
+        proto.trainer_spec.unk_id = unk if unk is not None else 0
         proto.trainer_spec.bos_id = self.bos_id if self.bos_id is not None else -1
         proto.trainer_spec.eos_id = self.eos_id if self.eos_id is not None else -1
         proto.trainer_spec.pad_id = -1
