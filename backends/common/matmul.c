@@ -23,12 +23,14 @@ void l2_matmul(const l2_kernels *k, const l2_matrix *w, const float *x, int64_t 
     int64_t blocks = w->cols / L2_QK;
     if (quantized) {
         /* once per matmul, not once per row */
-#pragma omp parallel for num_threads(n_threads) if (n_tokens > 1 && n_threads > 1) schedule(static)
+#pragma omp parallel for num_threads(n_threads) if (n_tokens > 1 && n_threads > 1 && n_tokens * w->cols >= L2_PARALLEL_MIN_WORK) \
+    schedule(static)
         for (int32_t t = 0; t < n_tokens; t++)
             k->quantize_act(x + t * x_stride, xq + t * blocks, w->cols);
     }
     int64_t n_tiles = (w->rows + ROW_TILE - 1) / ROW_TILE;
-#pragma omp parallel for num_threads(n_threads) if (n_threads > 1) schedule(static)
+    int parallel = n_threads > 1 && w->rows * w->cols * n_tokens >= L2_PARALLEL_MIN_WORK;
+#pragma omp parallel for num_threads(n_threads) if (parallel) schedule(static)
     for (int64_t tile = 0; tile < n_tiles; tile++) {
         int64_t r0 = tile * ROW_TILE;
         int64_t r1 = r0 + ROW_TILE < w->rows ? r0 + ROW_TILE : w->rows;
