@@ -2,8 +2,9 @@
 
 The target opens the input with llama2.ModelFile, builds its tokenizer and
 runs it over a probe text, as llama2.load does before any backend sees the
-file. The documented failures are ModelFormatError, UnsupportedModelError
-and FileNotFoundError; any other exception, a hang (-timeout) or a memory
+file, and renders its chat template. The documented failures are
+ModelFormatError, UnsupportedModelError, FileNotFoundError and
+ChatTemplateError; any other exception, a hang (-timeout) or a memory
 blow-up (-rss_limit_mb) is a finding.
 
     python tests/fuzz/fuzz_model_file.py CORPUS_DIR [libFuzzer flags]  # e.g. -max_total_time=120
@@ -33,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gguf_codec  # the mutator: not under test, not instrumented
 
-from llama2.errors import ModelFormatError, UnsupportedModelError
+from llama2.chat_template import render_jinja
+from llama2.errors import ChatTemplateError, ModelFormatError, UnsupportedModelError
 from llama2.model_file import ModelFile
 from llama2.tokenizer import tokenizer_from_metadata
 
@@ -50,7 +52,9 @@ def instrument(prefixes: tuple[str, ...]) -> int:
         atheris.instrument_func(f)
     return len(funcs)
 
-DOCUMENTED = (ModelFormatError, UnsupportedModelError, FileNotFoundError)
+DOCUMENTED = (ModelFormatError, UnsupportedModelError, FileNotFoundError, ChatTemplateError)
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <|im_end|>"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "\u00e9\U0001f999"}]
 PROBE_TEXT = "Hello world! <s></s><|im_start|>user\n<|user|> caf\u00e9 \u2581x \U0001f999 \u00ff\u0100 123 \n\n  "
 _WORK = Path(tempfile.mkdtemp(prefix="llama2-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
 _INPUT = _WORK / "input.gguf"
@@ -69,7 +73,8 @@ def load_file(path: Path) -> None:
         tok.decode(range(tok.n_vocab))
         for i in range(tok.n_vocab):
             tok.is_special(i)
-        _ = mf.chat_template
+        if mf.chat_template is not None:  # the template is the file's code: it runs in the sandbox
+            render_jinja(mf.chat_template, MESSAGES, bos_token="<s>", eos_token="</s>")
     finally:
         mf.close()
 

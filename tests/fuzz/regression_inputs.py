@@ -12,6 +12,7 @@ was made and rewrites them:
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 import tempfile
@@ -84,6 +85,23 @@ RECIPES: dict[str, tuple[str, Callable]] = {
     "unk-id-huge": ("sp", _set("tokenizer.ggml.unknown_token_id", U64, 1 << 40)),  # protobuf ValueError
     "unk-id-string": ("sp", _set("tokenizer.ggml.unknown_token_id", STR, b"x")),  # ValueError
     "tokens-integers": ("sp", lambda g: setattr(g.kv("tokenizer.ggml.tokens"), "value", (U32, list(range(286))))),
+    # chat templates are the file's code: a 10 GB string (the process's memory) when rendered
+    "chat-template-repeat-bomb": ("bpe", _set("tokenizer.chat_template", STR, b"{{ 'a' * 10000000000 }}")),
+}
+
+# Templates that took the process's memory or time, or raised RecursionError, when rendered.
+CHAT_TEMPLATES = {
+    "repeat-string": "{{ 'a' * 10000000000 }}",
+    "repeat-messages": "{{ messages * 100000000 }}",
+    "nested-ranges": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "recursive-macro": "{% macro m(n) %}{{ m(n) }}{% endmacro %}{{ m(1) }}",
+    "filter-width": "{{ 'x'|center(10000000000) }}",
+    "method-width": "{{ 'x'.ljust(10000000000) }}",
+    "format-width": "{{ '{:>10000000000}'.format('x') }}",
+    "format-map-width": "{{ '{a:>10000000000}'.format_map({'a': 1}) }}",
+    "percent-width": "{{ '%10000000000s' % 'x' }}",
+    "format-filter-width": "{{ '%10000000000s'|format('x') }}",
+    "power": "{{ 10 ** 100000000 }}",
 }
 
 
@@ -104,7 +122,9 @@ def write_all(out: Path) -> list[Path]:
         path = out / f"{name}.gguf"
         path.write_bytes(build(name))
         paths.append(path)
-    return paths
+    templates = out / "chat-templates.json"
+    templates.write_text(json.dumps(CHAT_TEMPLATES, indent=1) + "\n")
+    return [*paths, templates]
 
 
 if __name__ == "__main__":
