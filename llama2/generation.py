@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,14 +30,26 @@ OverflowPolicy = Literal["error", "drop_oldest"]
 _END_OF_GENERATION_NAMES = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|eom_id|>")
 
 
+_eog_cache: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
+
+
 def end_of_generation_ids(tokenizer: Any) -> frozenset[int]:
-    """EOS plus the vocabulary's end-of-turn control tokens."""
+    """EOS plus the vocabulary's end-of-turn control tokens (found once per tokenizer)."""
+    try:
+        return _eog_cache[tokenizer]
+    except (KeyError, TypeError):
+        pass
     ids = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
     tokens = getattr(tokenizer, "tokens", None)
     if tokens is not None:
         wanted = set(_END_OF_GENERATION_NAMES)
         ids |= {i for i, t in enumerate(tokens) if t in wanted and tokenizer.is_special(i)}
-    return frozenset(ids)
+    found = frozenset(ids)
+    try:
+        _eog_cache[tokenizer] = found
+    except TypeError:  # not weak-referenceable: compute again next time
+        pass
+    return found
 
 
 def sampling_params(base: SamplingParams | None = None, **overrides: Any) -> SamplingParams:
@@ -101,7 +114,8 @@ def chat_prompt(
     "error": a prompt longer than the context raises ContextOverflowError.
     "drop_oldest": whole turns (a user message and the replies after it) are
     dropped, oldest first, keeping a leading system prompt, until the prompt
-    leaves room for max_tokens; the last turn is never dropped, and a prompt
+    leaves room for max_tokens (at most half the context: a long answer limit
+    should not wipe the history); the last turn is never dropped, and a prompt
     that still does not fit raises.
     """
     if overflow not in ("error", "drop_oldest"):
@@ -110,7 +124,8 @@ def chat_prompt(
     ids = chat_format.tokens(kept, encode)
     if overflow == "drop_oldest":
         head = 1 if kept and kept[0].get("role") == "system" else 0
-        while len(ids) + max_tokens > n_ctx:
+        room = min(max_tokens, n_ctx // 2)
+        while len(ids) + room > n_ctx:
             # the first user message after the head that still has another user message after it
             starts = [i for i in range(head, len(kept)) if kept[i].get("role") == "user"]
             if len(starts) < 2:
@@ -130,7 +145,8 @@ class Generation(Iterator[str]):
     When iteration ends, `stop_reason` says why, `tokens` holds the generated
     ids (an end-of-generation token excluded) and `text` the emitted text.
     cancel() (or setting the `cancel` event given) from any thread stops it
-    before the next token. Holds its session until exhausted or closed.
+    before the next token. Holds its session until exhausted or closed; run
+    one generation at a time per session.
     """
 
     def __init__(
@@ -153,13 +169,18 @@ class Generation(Iterator[str]):
         self.cancel_event = cancel or threading.Event()
         self.stop_reason: StopReason | None = None
         self.tokens: list[int] = []
-        self.text = ""
+        self._pieces: list[str] = []
         self.messages: list[Message] | None = None  # for chat: the messages the prompt holds
         tokenizer = session.model.tokenizer
         self._eog = end_of_generation_ids(tokenizer)
         self._assembler = TextAssembler(tokenizer, self.stop)
         self._done_callbacks: list[Callable[[], None]] = []
         self._it = self._run()
+
+    @property
+    def text(self) -> str:
+        """The text emitted so far."""
+        return "".join(self._pieces)
 
     def cancel(self) -> None:
         self.cancel_event.set()
@@ -201,7 +222,7 @@ class Generation(Iterator[str]):
 
     def _emit(self, piece: str) -> Iterator[str]:
         if piece:
-            self.text += piece
+            self._pieces.append(piece)
             yield piece
 
     def _loop(self) -> Iterator[str]:

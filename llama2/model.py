@@ -262,8 +262,8 @@ class Session:
 
         overflow="error" raises ContextOverflowError when the prompt does not fit;
         "drop_oldest" drops the oldest turns (keeping the system prompt) until the
-        prompt leaves room for max_tokens. `Generation.messages` are the messages
-        the prompt was built from.
+        prompt leaves room for max_tokens (at most half the context).
+        `Generation.messages` are the messages the prompt was built from.
         """
         ids, kept = gen.chat_prompt(self.model.chat_format, self.model.tokenizer.encode, messages,
                                     self.n_ctx, max_tokens, overflow)

@@ -14,8 +14,9 @@ The chain runs in llama.cpp's order, each stage on what the previous one left:
 4. min-p: keep tokens with probability at least `min_p` times the top one's.
 5. temperature: softmax of the survivors' logits divided by `temperature`.
 6. draw: one uniform number from a seeded numpy Generator picks the token by
-   inverse CDF over the survivors in a fixed order (logit descending, then id),
-   so the same logits and seed give the same tokens on every backend.
+   inverse CDF over the survivors in a fixed order (logit descending then id
+   when they were ranked, id order otherwise), so the same logits and seed
+   give the same tokens on every backend.
 
 Truncation before temperature (as llama.cpp does) means which tokens survive
 does not depend on the temperature. `temperature == 0` is greedy: the arg-max
@@ -34,6 +35,11 @@ import numpy as np
 
 # Groups for the top-k prefilter; see _top_k.
 _TOPK_GROUPS = 64
+# top-p ranks at most this many tokens outright; a broader nucleus is found by binning (_top_p_by_bins)
+_RANK_AT_MOST = 2048
+_TOPP_BINS = 4096
+# block size of the two-level CDF in _draw
+_DRAW_BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -86,18 +92,21 @@ class Sampler:
 
     def sample(self, logits: np.ndarray, history: Sequence[int] | np.ndarray = ()) -> int:
         """The next token id, given the logits for it and the tokens so far."""
-        ids, probs = self.distribution(logits, history)
+        ids, weights = self._weights(logits, history)
         if len(ids) == 1:
             return int(ids[0])
-        # inverse CDF; the fixed candidate order makes one uniform draw reproducible
-        cdf = np.cumsum(probs)
-        i = int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"))
-        return int(ids[min(i, len(ids) - 1)])
+        return int(ids[_draw(weights, self.rng.random())])
 
     def distribution(
         self, logits: np.ndarray, history: Sequence[int] | np.ndarray = ()
     ) -> tuple[np.ndarray, np.ndarray]:
         """The candidates (ids, in draw order) and their probabilities (float64, sum 1)."""
+        ids, weights = self._weights(logits, history)
+        w = weights.astype(np.float64)
+        return ids, w / w.sum()
+
+    def _weights(self, logits: np.ndarray, history: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates and their unnormalized probabilities (normalizing is a pass sampling can skip)."""
         p = self.params
         x = np.asarray(logits, dtype=np.float32)
         if x.ndim != 1 or x.size == 0:
@@ -123,8 +132,38 @@ class Sampler:
                 vals = vals[keep]
         if ids is None:
             ids = np.arange(n)
-        z = np.exp((vals - np.float32(top)) * np.float32(1.0 / p.temperature)).astype(np.float64)
-        return ids, z / z.sum()
+        return ids, np.exp((vals - np.float32(top)) * np.float32(1.0 / p.temperature))
+
+
+def _draw(weights: np.ndarray, u: float) -> int:
+    """Inverse CDF: the index whose interval of [0, sum(weights)) holds u * sum(weights).
+
+    A running sum over 50k floats is one slow sequential pass, so the CDF is
+    taken in two levels: over block sums, then inside the one block u falls in.
+    """
+    n = weights.size
+    if n <= _DRAW_BLOCK:
+        cdf = np.cumsum(weights, dtype=np.float64)
+        return _first_above(weights, cdf, u * float(cdf[-1]))
+    full = n // _DRAW_BLOCK * _DRAW_BLOCK
+    sums = weights[:full].reshape(-1, _DRAW_BLOCK).sum(axis=1, dtype=np.float64)
+    if full < n:
+        sums = np.append(sums, weights[full:].sum(dtype=np.float64))
+    cdf = np.cumsum(sums)
+    target = u * float(cdf[-1])
+    b = _first_above(sums, cdf, target)
+    lo = b * _DRAW_BLOCK
+    block = weights[lo : lo + _DRAW_BLOCK]
+    base = float(cdf[b - 1]) if b > 0 else 0.0
+    return lo + _first_above(block, base + np.cumsum(block, dtype=np.float64), target)
+
+
+def _first_above(weights: np.ndarray, cdf: np.ndarray, target: float) -> int:
+    i = int(np.searchsorted(cdf, target, side="right"))
+    if i < weights.size:
+        return i
+    # rounding put target past the end: take the last index that has any weight
+    return int(np.flatnonzero(weights > 0)[-1])
 
 
 def apply_penalties(
@@ -179,7 +218,7 @@ def _top_k(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def _top_p(x: np.ndarray, ids: np.ndarray | None, top_p: float) -> np.ndarray:
-    """The nucleus of the candidates ids (None: all), in rank order."""
+    """The nucleus of the candidates ids (None: all): in rank order, or id order when it is broad."""
     vals = x if ids is None else x[ids]
     top = float(vals.max())
     e = np.exp(vals - np.float32(top))  # float32 is plenty for ratios; the sums are float64
@@ -192,20 +231,38 @@ def _top_p(x: np.ndarray, ids: np.ndarray | None, top_p: float) -> np.ndarray:
     # llama2.c's prefilter: past the first token, one with probability under
     # (1 - top_p) / (n - 1) can never be in the nucleus, so it is never ranked
     n = vals.size
-    cutoff = (1.0 - top_p) / (n - 1) * total if n > 1 else 0.0
-    keep = np.flatnonzero(e >= min(cutoff, 1.0))  # e == 1 at the arg-max
-    # flat logits leave most of the vocabulary; then grow a head by partial
-    # selection until it holds more than top_p, and rank only that head
-    k = 256
-    while keep.size > 4 * k:
-        ek = e[keep]
-        kth = np.partition(ek, keep.size - k)[keep.size - k]
-        head = ek >= kth
-        if ek[head].sum(dtype=np.float64) > top_p * total:
-            keep = keep[head]
-            break
-        k *= 4
-    order = _ranked(x, keep)
-    probs = e[order].astype(np.float64) / total
-    before = np.cumsum(probs) - probs
-    return order[: max(1, int(np.count_nonzero(before <= top_p)))]
+    cutoff = min((1.0 - top_p) / (n - 1) * total, 1.0) if n > 1 else 0.0  # e == 1 at the arg-max
+    survivors = e >= cutoff
+    if int(np.count_nonzero(survivors)) <= _RANK_AT_MOST:
+        order = _ranked(x, np.flatnonzero(survivors))
+        probs = e[order].astype(np.float64) / total
+        before = np.cumsum(probs) - probs
+        return order[: max(1, int(np.count_nonzero(before <= top_p)))]
+    return _top_p_by_bins(x, e, top, total * top_p, -np.log(max(cutoff, 1e-30)))
+
+
+def _top_p_by_bins(x: np.ndarray, e: np.ndarray, top: float, limit: float, span: float) -> np.ndarray:
+    """The nucleus of a broad distribution over all of x (limit = top_p x total mass), in id order.
+
+    Bin the logits from the top (bins over [top - span, top], anything lower in
+    the last): every bin before the one where the cumulative mass passes limit
+    is wholly inside the nucleus, every bin after it wholly outside, so only
+    that one bin is ranked. Linear passes plus a small sort, where a full sort
+    of tens of thousands of tokens took 10 ms.
+    """
+    if span > 0.0:
+        bins = ((np.float32(top) - x) * np.float32(_TOPP_BINS / span)).astype(np.intp)
+        np.minimum(bins, _TOPP_BINS - 1, out=bins)
+    else:
+        bins = np.zeros(x.size, dtype=np.intp)
+    cum = np.cumsum(np.bincount(bins, weights=e, minlength=_TOPP_BINS))
+    # the bin where the mass ranked above a token can first exceed limit
+    cut = min(int(np.searchsorted(cum, limit, side="right")), _TOPP_BINS - 1)
+    above = float(cum[cut - 1]) if cut > 0 else 0.0
+    at = np.flatnonzero(bins == cut)  # ascending ids, so ties rank by id
+    at = at[np.argsort(-x[at], kind="stable")]
+    before = above + np.cumsum(e[at], dtype=np.float64) - e[at]
+    n = int(np.count_nonzero(before <= limit))  # before only grows: a prefix
+    selected = bins < cut
+    selected[at[: n if cut > 0 else max(1, n)]] = True  # the top token is always in
+    return np.flatnonzero(selected)

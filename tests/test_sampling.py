@@ -253,16 +253,17 @@ def test_large_vocabulary_fast_paths_match_definition(seed: int) -> None:
     for extra in [
         dict(top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1),
         dict(top_k=0, top_p=0.9, min_p=0.0),
+        dict(top_k=0, top_p=0.995, min_p=0.0, temperature=1.7),
         dict(top_k=0, top_p=1.0, min_p=0.1),
         dict(top_k=3000, top_p=1.0, min_p=0.0),
         dict(top_k=7, top_p=0.5, min_p=0.0, frequency_penalty=1.0, presence_penalty=0.5),
     ]:
-        params = SamplingParams(temperature=0.8, seed=0, **extra)
+        params = SamplingParams(**{"temperature": 0.8, "seed": 0, **extra})
         ids, probs = Sampler(params).distribution(logits, history)
         want = oracle(logits, history, params)
         assert_same_distribution(as_dict(ids, probs), want)
-        if params.top_k or params.top_p < 1:
-            # candidates come ranked: logit descending, ties by id
+        if params.top_k:
+            # top-k candidates come ranked: logit descending, ties by id
             pen = apply_penalties(logits, history, params)
             keys = [(-pen[i], i) for i in ids]
             assert keys == sorted(keys)
@@ -329,3 +330,36 @@ def test_invalid_params_are_refused(bad: dict[str, float]) -> None:
 def test_bad_logits_are_refused() -> None:
     with pytest.raises(ValueError, match="non-empty vector"):
         Sampler().sample(np.zeros((2, 3), dtype=np.float32))
+
+
+def test_two_level_draw_is_the_inverse_cdf() -> None:
+    from llama2.sampling import _draw
+
+    rng = np.random.default_rng(3)
+    for n in [5, 1024, 1025, 5000, 49152]:
+        w = rng.exponential(size=n).astype(np.float32)
+        w[rng.integers(0, n, n // 3)] = 0.0  # underflowed tokens must never be drawn
+        w[-1] = 0.0
+        cdf = np.cumsum(w, dtype=np.float64)
+        for u in np.concatenate([rng.random(500), [0.0, 1.0 - 1e-16]]):
+            i = _draw(w, float(u))
+            assert w[i] > 0
+            assert i == int(np.searchsorted(cdf, u * cdf[-1], side="right")) or u > 1 - 1e-12
+
+
+def test_draws_over_a_large_vocabulary_follow_definition() -> None:
+    rng = np.random.default_rng(8)
+    logits = (rng.standard_normal(5000) * 1.5).astype(np.float32)
+    params = SamplingParams(temperature=1.3, top_k=0, top_p=1.0, min_p=0.0, seed=21)
+    sampler = Sampler(params)
+    want = oracle(logits, [], params)
+    n = 6_000
+    groups = 20  # contiguous id ranges, so block edges fall inside groups
+    size = logits.size // groups
+    counts = dict.fromkeys(range(groups), 0)
+    for _ in range(n):
+        counts[min(sampler.sample(logits) // size, groups - 1)] += 1
+    probs = dict.fromkeys(range(groups), 0.0)
+    for token, q in want.items():
+        probs[min(token // size, groups - 1)] += q
+    assert chi_square_p(counts, probs, n) > 1e-3
