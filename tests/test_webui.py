@@ -234,3 +234,47 @@ def test_small_helpers() -> None:
     assert plain_history([{"role": "user", "content": [{"type": "text", "text": "hi"}]},
                           {"role": "system", "content": "x"}]) == [{"role": "user", "content": "hi"}]
     assert "Traceback" not in friendly_error(RuntimeError("boom"))
+
+
+def test_a_user_who_leaves_mid_turn_has_their_cache_freed_after_it(tiny_model) -> None:
+    path = tiny_model("gqa")
+    cache = ModelCache(threads=1, n_ctx=16)
+    with cache.session(path, "cpu_f32", "b"):
+        pass
+    with cache.session(path, "cpu_f32", "a") as (_, s):
+        cache.drop_user("a")
+        cache.drop_user("b")  # idle: freed at once
+        assert cache.loaded()[0][3] == 1
+        s.eval([1, 2])  # the running turn goes on
+    assert cache.loaded()[0][3] == 0
+    cache.close()
+
+
+def test_a_model_that_fails_to_load_is_a_message(tmp_path: Path, tiny_model) -> None:
+    import gradio as gr
+
+    path = tmp_path / "vanishing.gguf"
+    path.write_bytes(tiny_model("mha").read_bytes())
+    cache = ModelCache(threads=1, n_ctx=64)
+    app = ChatApp(find_models([path]), cache, concurrency=1)
+    answer = app.chat_api("hello", sampler="greedy", max_new_tokens=3)  # the built-in LLaMA-2 format
+    assert isinstance(answer, str)
+    cache.close()
+    path.unlink()
+    with pytest.raises(gr.Error) as err:
+        app.chat_api("hello again", sampler="greedy", max_new_tokens=3)
+    assert "vanishing.gguf" in str(err.value) and "Traceback" not in str(err.value)
+    chat, stats, box = list(app.respond("hello", [], sampler="greedy", max_new_tokens=3))[-1]
+    assert stats.startswith("**Error:**") and chat == [] and box == "hello"
+
+
+def test_auth_is_required_when_given(smollm2_path: Path) -> None:
+    app = ChatApp(find_models([smollm2_path]), ModelCache(threads=1), concurrency=1)
+    demo, url = launch(app, port=free_port(), auth=("ann", "secret"), prevent_thread_lock=True, quiet=True)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - gradio_client raises different types across versions
+            gradio_client.Client(url, verbose=False)
+        c = gradio_client.Client(url, auth=("ann", "secret"), verbose=False)
+        assert c.predict(api_name="/clear") is not None
+    finally:
+        demo.close()

@@ -254,9 +254,10 @@ class ChatApp:
                 yield chat, stats.line(), ""
         except Exception as exc:
             self.log_error(exc)
-            if not chat[-1]["content"]:
-                chat.pop()
-            yield chat, f"**Error:** {friendly_error(exc)}", ""
+            if chat[-1]["content"]:
+                yield chat, f"**Error:** {friendly_error(exc)}", ""
+            else:  # nothing was answered: the message goes back to the box, to send again
+                yield chat[:-2], f"**Error:** {friendly_error(exc)}", message
 
     def regenerate(self, history: list[dict[str, Any]] | None, model: str = "", backend: str = "",
                    sampler: str = Settings.sampler, temperature: float = Settings.temperature,

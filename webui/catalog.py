@@ -1,19 +1,22 @@
 """The models a user can pick, and the backends each can run on.
 
-A file is opened once, when it is listed, to learn what it is (its main weight
-type decides which backend runs it natively); the weights are loaded only when
-someone chats with it (see model_cache.py).
+A file is read once, the first time it is listed, to learn what it is (its
+main weight type decides which backend runs it natively); the weights are
+loaded only when someone chats with it (see model_cache.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 
+from llama2.default_model import cache_dir
 from llama2.errors import Llama2Error
 from llama2.model import choose_backend
 from llama2.model_file import ModelFile
@@ -41,20 +44,64 @@ class BackendChoice:
         return f"{self.name} ({self.note})"
 
 
-def describe(path: str | Path) -> ModelEntry:
-    """Open a GGUF file's header and say what it is; raises Llama2Error/OSError for a bad file."""
-    path = Path(path).resolve()
-    mf = ModelFile(path)
+class _WeightTypes:
+    """What choose_backend reads of a ModelFile, from the descriptions cache."""
+
+    def __init__(self, totals: dict[str, int]) -> None:
+        self._totals = totals
+
+    def weight_bytes_by_type(self) -> dict[str, int]:
+        return self._totals
+
+
+def _descriptions_path() -> Path:
+    return cache_dir() / "webui-models.json"
+
+
+def weight_bytes_by_type(path: Path) -> dict[str, int]:
+    """The file's weight bytes per type, remembered across runs.
+
+    Reading a GGUF header means parsing its whole vocabulary (seconds for a
+    49k-token one), so what a file holds is kept by path, size and mtime and
+    a restart lists the models at once.
+    """
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    store = _descriptions_path()
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), dict):
+        return {str(k): int(v) for k, v in known[key].items()}
+    mf = ModelFile(path)  # validates the file: a broken one raises here
     try:
         totals = mf.weight_bytes_by_type()
-        main_type = max(totals, key=lambda k: totals[k]) if totals else "F32"
-        try:
-            default = choose_backend(mf).name
-        except Llama2Error:
-            default = ""
-        return ModelEntry(path, path.stem, main_type, default, mf.file_size)
     finally:
         mf.close()
+    # entries of files that changed or went away are dropped
+    known = {k: v for k, v in known.items() if not k.startswith(f"{path}|") and Path(k.split("|")[0]).exists()}
+    known[key] = totals
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f".{store.name}.{os.getpid()}.partial")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, store)
+    except OSError as exc:  # a read-only cache only costs time
+        log.warning("cannot remember model descriptions in %s: %s", store, exc)
+    return totals
+
+
+def describe(path: str | Path) -> ModelEntry:
+    """Say what a GGUF file is; raises Llama2Error/OSError for a bad file."""
+    path = Path(path).resolve()
+    totals = weight_bytes_by_type(path)
+    main_type = max(totals, key=lambda k: totals[k]) if totals else "F32"
+    try:
+        default = choose_backend(_WeightTypes(totals)).name  # type: ignore[arg-type]
+    except Llama2Error:
+        default = ""
+    return ModelEntry(path, path.stem, main_type, default, path.stat().st_size)
 
 
 def find_models(paths: Iterable[str | Path], models_dir: str | Path | None = None) -> list[ModelEntry]:

@@ -39,6 +39,7 @@ class _Entry:
     model: Model
     sessions: dict[str, Session] = field(default_factory=dict)  # user id -> their KV cache
     busy: int = 0  # turns running on it now
+    active: set[str] = field(default_factory=set)  # the users of those turns
     last_used: float = field(default_factory=time.monotonic)
 
     @property
@@ -56,6 +57,7 @@ class ModelCache:
         self._loader = loader
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()  # guards _entries and the entries' fields
+        self._gone: set[str] = set()  # users who left while a turn of theirs was running
         self._load_lock = threading.Lock()  # one load at a time: two users asking for one model load it once
 
     # --- loading ------------------------------------------------------------
@@ -125,6 +127,7 @@ class ModelCache:
                 entry = None
             else:
                 entry.busy += 1
+                entry.active.add(user)
         if entry is None:
             with self.session(path, backend, user) as pair:
                 yield pair
@@ -140,13 +143,23 @@ class ModelCache:
         finally:
             with self._lock:
                 entry.busy -= 1
+                entry.active.discard(user)
                 entry.last_used = time.monotonic()
+                if user in self._gone:  # they left while this turn ran
+                    self._gone.discard(user)
+                    gone = entry.sessions.pop(user, None)
+                    if gone is not None:
+                        gone.close()
 
     def drop_user(self, user: str) -> None:
-        """Free a user's KV caches (they left, or cleared the chat on a model they no longer use)."""
+        """Free a user's KV caches (they left); a cache in use is freed when its turn ends."""
         with self._lock:
             for entry in self._entries.values():
-                if not entry.busy and user in entry.sessions:
+                if user not in entry.sessions:
+                    continue
+                if user in entry.active:
+                    self._gone.add(user)
+                else:
                     entry.sessions.pop(user).close()
 
     # --- inspection ---------------------------------------------------------

@@ -1,9 +1,7 @@
 """One chat turn: render the conversation, reuse the user's cache, stream the answer, count.
 
-Chat formats and samplers are the runtime's (llama2.chat_template,
-llama2.sampling). INTERIM: the token loop with cache reuse and cancellation
-is written here until the runtime's Session.chat (issue 5) is merged; it then
-becomes a call to it.
+The runtime (Session.chat) renders the chat, reuses the cache and samples;
+this module adds what the page shows: timing and token counts.
 """
 
 from __future__ import annotations
@@ -15,17 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llama2 import Model, Session
-from llama2.chat_template import ChatFormat
-from llama2.errors import ContextOverflowError
-from llama2.model import _split_utf8
-from llama2.sampling import Sampler, SamplingParams
+from llama2.generation import common_prefix_length
+from llama2.streaming import StopReason
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
 
-ENDED_EOS = "end of answer"
-ENDED_LENGTH = "max new tokens"
-ENDED_STOPPED = "stopped"
-ENDED_CONTEXT = "context full"
+ENDED = {
+    StopReason.EOS: "end of answer",
+    StopReason.MAX_TOKENS: "max new tokens",
+    StopReason.STOP: "stop string",
+    StopReason.CANCELLED: "stopped",
+    StopReason.CONTEXT_FULL: "context full",
+}
 
 
 @dataclass
@@ -34,6 +33,7 @@ class TurnStats:
     model: str
     prompt_tokens: int = 0  # the whole rendered conversation
     new_prompt_tokens: int = 0  # the part not already in the user's cache
+    dropped_messages: int = 0  # the oldest ones, left out to fit the context
     tokens: int = 0  # generated
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -59,6 +59,8 @@ class TurnStats:
         ttft = self.seconds_to_first_token
         parts.append(f"first token {ttft:.2f} s" if ttft is not None else "first token –")
         parts.append(f"prompt {self.prompt_tokens} tokens ({self.prompt_tokens - self.new_prompt_tokens} cached)")
+        if self.dropped_messages:
+            parts.append(f"{self.dropped_messages} oldest messages left out to fit the context")
         parts.append(f"{self.model} on {self.backend}")
         if self.ended:
             parts.append(self.ended)
@@ -74,81 +76,32 @@ def conversation(history: Sequence[Message], message: str, system_prompt: str = 
     return messages
 
 
-def prompt_tokens(model: Model, messages: Sequence[Message]) -> list[int]:
-    """The conversation as the model's chat format renders it, left open for the assistant's answer."""
-    tok = model.tokenizer
-    vocab = tok.tokens  # type: ignore[attr-defined]
-    fmt = ChatFormat(model.chat_template, bos_token=vocab[tok.bos_id] if tok.bos_id is not None else "",
-                     eos_token=vocab[tok.eos_id] if tok.eos_id is not None else "", bos_id=tok.bos_id,
-                     eos_id=tok.eos_id, add_bos=tok.add_bos)
-    return fmt.tokens(messages, model.tokenizer.encode)
-
-
 def chat_turn(model: Model, session: Session, messages: Sequence[Message], sampling: dict[str, Any],
               max_new_tokens: int, cancel: threading.Event, label: str = "") -> Iterator[tuple[str, TurnStats]]:
     """Stream (answer so far, stats) for the assistant's answer to messages; the last yield has stats.ended.
 
-    The session keeps what it evaluated: tokens the new prompt shares with its
-    cache (the history of a continuing chat) are not evaluated again. `cancel`
-    is checked between tokens.
+    The session keeps what it evaluated, so the history of a continuing chat
+    is not evaluated again. When the conversation outgrows the context, its
+    oldest turns are left out (the system prompt stays); `cancel` is checked
+    between tokens.
     """
     stats = TurnStats(backend=model.backend.name, model=label or model.path.stem)
-    ids = prompt_tokens(model, messages)
-    stats.prompt_tokens = len(ids)
-    if len(ids) >= session.n_ctx:
-        raise ContextOverflowError(
-            f"the conversation is {len(ids)} tokens and the context holds {session.n_ctx}: "
-            "clear the chat (or shorten the system prompt) to go on",
-            requested=len(ids), capacity=session.n_ctx)
-    common = _common_prefix(session.tokens, ids)
-    if common == len(ids):  # the logits of the last prompt token are needed again
-        common -= 1
-    session.truncate(common)
-    stats.new_prompt_tokens = len(ids) - common
-    sampler = Sampler(SamplingParams(**sampling))
-    tok = model.tokenizer
+    g = session.chat(messages, max_new_tokens, cancel=cancel, overflow="drop_oldest", **sampling)
+    stats.prompt_tokens = len(g.prompt)
+    stats.new_prompt_tokens = len(g.prompt) - min(common_prefix_length(session.tokens, g.prompt), len(g.prompt) - 1)
+    stats.dropped_messages = len(messages) - len(g.messages or messages)
     answer = ""
-    pending = b""
     yield answer, stats
-    if cancel.is_set():
-        stats.ended, stats.ended_at = ENDED_STOPPED, time.perf_counter()
-        yield answer, stats
-        return
-    logits = session.eval(ids[common:])
-    generated: list[int] = []
-    while True:
-        token = sampler.sample(logits, session.tokens)
-        if token == tok.eos_id or tok.is_special(token):
-            stats.ended = ENDED_EOS
-            break
-        generated.append(token)
-        stats.tokens += 1
-        if stats.first_token_at is None:
-            stats.first_token_at = time.perf_counter()
-        pending += tok.token_bytes(token)
-        text, pending = _split_utf8(pending)
-        if text:
-            answer += text
+    try:
+        for piece in g:
+            if stats.first_token_at is None:
+                stats.first_token_at = time.perf_counter()
+            answer += piece
+            stats.tokens = len(g.tokens)
             yield answer, stats
-        if stats.tokens >= max_new_tokens:
-            stats.ended = ENDED_LENGTH
-            break
-        if cancel.is_set():
-            stats.ended = ENDED_STOPPED
-            break
-        if session.n_past >= session.n_ctx:
-            stats.ended = ENDED_CONTEXT
-            break
-        logits = session.eval([token])
-    if pending:
-        answer += pending.decode("utf-8", errors="replace")
+    finally:
+        g.close()
+    stats.tokens = len(g.tokens)
     stats.ended_at = time.perf_counter()
+    stats.ended = ENDED.get(g.stop_reason, str(g.stop_reason))
     yield answer, stats
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
