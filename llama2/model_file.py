@@ -38,6 +38,8 @@ _MAX_ELEMENTS = 1 << 40
 # Real vocabularies have at most a few hundred thousand tokens and merges.
 _MAX_ARRAY_ITEMS = 1 << 22
 _MAX_ARRAY_NESTING = 4
+_GGUF_ARRAY = int(gguf.GGUFValueType.ARRAY)  # a plain int: comparing numpy ints to the enum is slow
+_ITEMSIZE: dict[Any, int] = {}  # numpy scalar type -> bytes, for the reader's bounds check
 
 
 class FastGGUFReader(gguf.GGUFReader):
@@ -61,20 +63,22 @@ class FastGGUFReader(gguf.GGUFReader):
     # instead of failing, so an array declaring 2**40 items looped forever while
     # its list of empty parts grew without bound (found by fuzzing).
     def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
-        end = offset + np.dtype(dtype).itemsize * int(count)
-        if offset < 0 or count < 0 or end > self._plain_data.size:
+        itemsize = _ITEMSIZE.get(dtype) or _ITEMSIZE.setdefault(dtype, np.dtype(dtype).itemsize)
+        end = offset + itemsize * int(count)
+        if end > self._plain_data.size:
             raise ModelFormatError(
                 f"truncated or corrupt: a read of bytes {offset}..{end} runs past the end of the file "
                 f"({self._plain_data.size} bytes)")
         return super()._get(offset, dtype, count, override_order)
 
     def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list[np.ndarray], list[int], list[Any]]:
-        if raw_type == gguf.GGUFValueType.ARRAY:
-            count = int(self._get(orig_offs + 4, np.uint64)[0])
-            if count > _MAX_ARRAY_ITEMS:
-                raise ModelFormatError(f"a metadata array declares {count} items (at most {_MAX_ARRAY_ITEMS})")
-            if self._nesting >= _MAX_ARRAY_NESTING:
-                raise ModelFormatError(f"metadata arrays nested more than {_MAX_ARRAY_NESTING} deep")
+        if raw_type != _GGUF_ARRAY:  # the common case, once per array item: no more work
+            return super()._get_field_parts(orig_offs, raw_type)
+        count = int(self._get(orig_offs + 4, np.uint64)[0])
+        if count > _MAX_ARRAY_ITEMS:
+            raise ModelFormatError(f"a metadata array declares {count} items (at most {_MAX_ARRAY_ITEMS})")
+        if self._nesting >= _MAX_ARRAY_NESTING:
+            raise ModelFormatError(f"metadata arrays nested more than {_MAX_ARRAY_NESTING} deep")
         self._nesting += 1
         try:
             return super()._get_field_parts(orig_offs, raw_type)
