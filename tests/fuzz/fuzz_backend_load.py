@@ -144,17 +144,13 @@ def corrupt(fdp: atheris.FuzzedDataProvider, hp: dict[str, Any], specs: list[Ten
         elif kind == 7:
             t.n_dims = fdp.PickValueInList([0, -1, 5, 1 << 30])
             t.corrupt.append("n_dims")
-        elif kind == 8:
+        elif kind == 8:  # missing (names are judged once all corruptions are done: see name_problems)
             specs.remove(t)
-            if t.required and t.name != b"output.weight":  # without output.weight the output is tied
-                whole.append(f"missing {t.name!r}")
         elif kind == 9:  # a second tensor of the same name
             specs.insert(fdp.ConsumeIntInRange(0, len(specs)), TensorSpec(t.name, t.type, list(t.ne), t.n_dims,
                                                                            t.n_bytes, t.buffer, required=False))
-            whole.append(f"duplicate {t.name!r}")
         elif kind == 10:
             t.name = None
-            whole.append("NULL name")
         elif kind == 11:  # data at an odd address: every type needs 2- or 4-byte alignment
             t.misalign = True
             t.corrupt.append("misaligned")
@@ -165,6 +161,14 @@ def corrupt(fdp: atheris.FuzzedDataProvider, hp: dict[str, Any], specs: list[Ten
             hp["n_layer"] += fdp.ConsumeIntInRange(1, 3)
             whole.append("n_layer beyond the tensors")
     return whole
+
+
+def name_problems(specs: list[TensorSpec], required: set[bytes]) -> list[str]:
+    """What makes the final table invalid by its names: NULL names, duplicates, missing tensors."""
+    names = [t.name for t in specs]
+    problems = ["NULL name"] * (None in names)
+    problems += [f"duplicate {n!r}" for n in {n for n in names if n is not None and names.count(n) > 1}]
+    return problems + [f"missing {n!r}" for n in required - set(names)]
 
 
 class Harness:
@@ -194,7 +198,9 @@ class Harness:
         backend = self.backends[fdp.ConsumeIntInRange(0, len(self.backends) - 1)]
         api = backend._api
         hp, specs = base_model(fdp)
+        required = {t.name for t in specs if t.name != b"output.weight"}  # without it the output is tied
         whole = corrupt(fdp, hp, specs)
+        whole += name_problems(specs, required)
         if sabotage:
             specs[0].buffer -= 1
         keep: list[Any] = []
