@@ -12,7 +12,9 @@ Messages are OpenAI-shaped: `[{"role": "system" | "user" | "assistant", "content
 
 from __future__ import annotations
 
+import contextvars
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -20,6 +22,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.filters
 import jinja2.sandbox
 
 from .errors import ChatTemplateError
@@ -44,12 +47,78 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+# A template comes from the model file. Sizes and loop counts are bounded so that one cannot take
+# the process's memory or time: `'a' * 10**10`, `messages * 10**9`, `'x'|center(10**10)` or
+# nested `range(100000)` loops (found by fuzzing; HF's sandbox alone allows them).
+_MAX_SIZE = 1 << 20  # characters or items one operation may build
+_MAX_ITERATIONS = 1 << 20  # range() items over one rendering
+_iterations_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("iterations_left")
+
+
+def _refuse(what: str) -> None:
+    raise jinja2.sandbox.SecurityError(f"{what} is larger than a chat template may build ({_MAX_SIZE})")
+
+
+def _check_size_args(args: Sequence[Any]) -> None:
+    for a in args:
+        if isinstance(a, int) and not isinstance(a, bool) and abs(a) > _MAX_SIZE:
+            _refuse(f"an argument of {a}")
+
+
+def _check_format(spec: Any) -> None:
+    if isinstance(spec, str) and re.search(r"\d{7,}", spec):
+        _refuse("a width or precision in a format string")
+
+
+def _bounded_range(*args: int) -> range:
+    r = jinja2.sandbox.safe_range(*args)
+    left = _iterations_left.get([_MAX_ITERATIONS])
+    left[0] -= len(r)
+    if left[0] < 0:
+        raise jinja2.sandbox.SecurityError(f"the chat template loops more than {_MAX_ITERATIONS} times")
+    return r
+
+
+class _BoundedSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset(["*", "**", "%"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "%":
+            _check_format(left)  # "%9999999999s" % x
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            _refuse(f"a power of {right}")
+        if operator == "*" and (isinstance(left, (str, list, tuple)) or isinstance(right, (str, list, tuple))):
+            seq, n = (left, right) if isinstance(left, (str, list, tuple)) else (right, left)
+            if isinstance(n, int) and len(seq) * n > _MAX_SIZE:
+                _refuse(f"a repetition to {len(seq) * n} items")
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_size_args([*args, *kwargs.values()])  # "x".ljust(10**10), "x".zfill(...)
+        if getattr(__obj, "__name__", "") in ("format", "format_map"):  # "{:>9999999999}".format(x)
+            _check_format(getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None))
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def _bounded_filter(f: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        _check_size_args([*args[1:], *kwargs.values()])  # 'x'|center(10**10), |indent, |wordwrap
+        if f is jinja2.filters.do_format:
+            _check_format(args[0] if args else None)  # '%9999999999s'|format(x)
+        return f(*args, **kwargs)
+
+    for attr in ("jinja_pass_arg", "__name__"):
+        if hasattr(f, attr):
+            setattr(call, attr, getattr(f, attr))
+    return call
+
+
 @lru_cache(maxsize=16)
 def _compile(template: str) -> jinja2.Template:
     # the environment Hugging Face's apply_chat_template uses, so templates written for it render alike
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
-    )
+    env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters = {name: _bounded_filter(f) for name, f in env.filters.items()}
+    env.globals["range"] = _bounded_range
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -70,6 +139,7 @@ def render_jinja(
 ) -> str:
     """Render messages with a Jinja chat template in an immutable sandbox."""
     compiled = _compile(template)
+    budget = _iterations_left.set([_MAX_ITERATIONS])
     try:
         return compiled.render(
             messages=[dict(m) for m in messages],
@@ -84,6 +154,10 @@ def render_jinja(
         raise ChatTemplateError(f"the chat template tried an unsafe operation: {exc}") from exc
     except jinja2.TemplateError as exc:
         raise ChatTemplateError(f"the chat template failed: {exc}") from exc
+    except (RecursionError, MemoryError, OverflowError) as exc:  # a macro calling itself, a huge number
+        raise ChatTemplateError(f"the chat template failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        _iterations_left.reset(budget)
 
 
 # --- LLaMA-2's chat format -----------------------------------------------------------------

@@ -20,11 +20,11 @@ import numpy as np
 from . import generation as gen
 from . import plugins
 from .chat_template import ChatFormat, Message
-from .errors import BackendUnavailableError, ContextOverflowError
+from .errors import BackendUnavailableError, ContextOverflowError, InsufficientMemoryError
 from .model_file import ModelFile
-from .native import NativeBackend, NativeContext, NativeModel
+from .native import NativeBackend, NativeContext, NativeModel, estimated_host_bytes
 from .sampling import SamplingParams
-from .system import physical_cores
+from .system import available_memory_bytes, physical_cores
 from .tokenizer import Tokenizer, tokenizer_from_metadata
 
 DEFAULT_MAX_CTX = 4096
@@ -37,6 +37,29 @@ _PREFERRED_BACKENDS = {
     "F16": ["cpu_f32", "cpu_q8"],
     "F32": ["cpu_f32", "cpu_q8"],
 }
+
+
+def check_memory(model_file: ModelFile, backend: NativeBackend, n_ctx: int) -> None:
+    """Refuse, before the backend allocates anything, a load that cannot fit in available memory.
+
+    Only CPU backends are estimated (a device backend's weights and cache live on the device);
+    LLAMA2_IGNORE_MEMORY_CHECK=1 skips the check (swap, or memory freed meanwhile).
+    """
+    if not backend.name.startswith("cpu_") or os.environ.get("LLAMA2_IGNORE_MEMORY_CHECK") == "1":
+        return
+    available = available_memory_bytes()
+    if available is None:
+        return
+    parts = estimated_host_bytes(model_file, backend, n_ctx)
+    needed = sum(parts.values())
+    if needed > available:
+        gb = 1 << 30
+        raise InsufficientMemoryError(
+            f"{backend.name} would need about {needed / gb:.1f} GiB for {model_file.path.name} "
+            f"(weights converted or repacked: {parts['weights'] / gb:.1f} GiB, KV cache of {n_ctx} tokens: "
+            f"{parts['kv_cache'] / gb:.1f} GiB) but {available / gb:.1f} GiB is available (MemAvailable); "
+            f"use a smaller n_ctx or a backend that runs the file's types in place "
+            f"(LLAMA2_IGNORE_MEMORY_CHECK=1 skips this check)")
 
 
 def choose_backend(model_file: ModelFile) -> NativeBackend:
@@ -79,6 +102,7 @@ class Model:
         self.n_ctx = n_ctx if n_ctx is not None else min(self.hparams.n_ctx_train, DEFAULT_MAX_CTX)
         if self.n_ctx < 1:
             raise ValueError(f"n_ctx must be at least 1, got {self.n_ctx}")
+        check_memory(self.file, self.backend, self.n_ctx)
         self.native: NativeModel = self.backend.load_model(self.file)
         self.load_seconds = time.perf_counter() - t0
         # generate() and chat() on the model use this session while it is free, so a chat
