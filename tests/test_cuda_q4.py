@@ -1,0 +1,141 @@
+"""cuda_q4 without a GPU: block arithmetic on the host, the library's probe and validation.
+
+The GPU tests at the end run only where a CUDA device is usable; everywhere
+else they skip, saying why.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_DIR = ROOT / "backends" / "cuda_q4"
+CHECK_SRC = Path(__file__).with_name("cuda_q4_math_check.cpp")
+QT = gguf.GGMLQuantizationType
+WORDS = {QT.Q4_0: 4, QT.Q4_1: 4, QT.Q8_0: 8, QT.F16: 16, QT.F32: 16}
+
+
+# ---- the shared header, compiled as plain C++ and by nvcc -----------------------------------------
+
+def _compilers() -> list[tuple[str, list[str]]]:
+    found = []
+    if shutil.which("g++"):
+        found.append(("g++", ["g++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror"]))
+    if shutil.which("nvcc"):
+        # -x cu: the header takes its __host__ __device__ branch, as in the kernels
+        found.append(("nvcc", ["nvcc", "-std=c++17", "-O2", "-x", "cu", "-Xcompiler=-Wall,-Wextra,-Werror"]))
+    return found
+
+
+@pytest.fixture(scope="module", params=[name for name, _ in _compilers()] or ["none"])
+def math_check(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    compilers = dict(_compilers())
+    if request.param not in compilers:
+        pytest.skip("neither g++ nor nvcc is installed")
+    exe = tmp_path_factory.mktemp(request.param) / "math_check"
+    cmd = [*compilers[request.param], f"-I{CUDA_DIR}", f"-I{ROOT / 'backends' / 'common'}", str(CHECK_SRC),
+           "-o", str(exe)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return exe
+
+
+def _expected_split(raw: np.ndarray, qtype: QT, rows: int, nb: int) -> tuple[np.ndarray, np.ndarray]:
+    """The device layout, written from the q4_math.h comment independently of the C code."""
+    if qtype == QT.F32:
+        return raw.view(np.float32).astype(np.float16).view(np.uint32).reshape(-1), np.zeros(rows * nb, np.uint32)
+    if qtype == QT.F16:
+        return raw.view(np.uint32).reshape(-1), np.zeros(rows * nb, np.uint32)
+    bsize = {QT.Q4_0: 18, QT.Q4_1: 20, QT.Q8_0: 34}[qtype]
+    blocks = raw.reshape(rows * nb, bsize)
+    head = 4 if qtype == QT.Q4_1 else 2
+    words = np.ascontiguousarray(blocks[:, head:]).view(np.uint32).reshape(-1)
+    scales = np.ascontiguousarray(blocks[:, :head])
+    scales = scales.view(np.uint32) if head == 4 else scales.view(np.uint16).astype(np.uint32)
+    return words, scales.reshape(-1)
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.F16, QT.F32])
+@pytest.mark.parametrize(("rows", "cols"), [(3, 32), (5, 576), (17, 64 * 32 + 32 * 5)])
+def test_block_math_matches_numpy(math_check: Path, tmp_path: Path, qtype: QT, rows: int, cols: int) -> None:
+    rng = np.random.default_rng(rows * 1000 + cols + int(qtype))
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    w[0, :32] = 0.0  # an all-zero block: scale 0 must not divide by zero
+    x = (rng.standard_normal(cols) * 3).astype(np.float32)
+    x[:32] = 0.0
+    if qtype == QT.F32:
+        raw = np.frombuffer(w.tobytes(), np.uint8)
+    elif qtype == QT.F16:
+        raw = np.frombuffer(w.astype(np.float16).tobytes(), np.uint8)
+    else:
+        raw = np.asarray(gguf.quants.quantize(w, qtype)).reshape(-1)
+    inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
+    inp.write_bytes(np.array([int(qtype), rows, cols], np.int32).tobytes() + raw.tobytes() + x.tobytes())
+    subprocess.run([str(math_check), str(inp), str(out)], check=True)
+
+    nb = cols // 32
+    n_words = rows * nb * WORDS[qtype]
+    sizes = [n_words * 4, rows * nb * 4, rows * cols * 4, cols, nb * 8, rows * 4, cols * 2]
+    blob = out.read_bytes()
+    assert len(blob) == sum(sizes)
+    parts, off = [], 0
+    for s in sizes:
+        parts.append(blob[off:off + s])
+        off += s
+    words, scales = np.frombuffer(parts[0], np.uint32), np.frombuffer(parts[1], np.uint32)
+    deq = np.frombuffer(parts[2], np.float32).reshape(rows, cols)
+    xq = np.frombuffer(parts[3], np.int8)
+    xds = np.frombuffer(parts[4], np.float32).reshape(nb, 2)
+    y = np.frombuffer(parts[5], np.float32).astype(np.float64)
+    xh = np.frombuffer(parts[6], np.uint16)
+
+    want_words, want_scales = _expected_split(raw, qtype, rows, nb)
+    np.testing.assert_array_equal(words, want_words)
+    np.testing.assert_array_equal(scales, want_scales)
+
+    if qtype == QT.F32:
+        w_ref = w.astype(np.float16).astype(np.float64)
+    else:
+        w_ref = np.asarray(gguf.quants.dequantize(raw, qtype), np.float64).reshape(rows, cols)
+    np.testing.assert_allclose(deq, w_ref, rtol=1e-6, atol=1e-7)
+
+    # activations: d = amax / 127 per block, q = round-half-even(x / d)
+    xb = x.reshape(nb, 32)
+    d = (np.abs(xb).max(axis=1) / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(d[:, None] > 0, np.rint(xb / d[:, None]), 0).astype(np.int8)
+    np.testing.assert_array_equal(xq.reshape(nb, 32), q)
+    np.testing.assert_array_equal(xds[:, 0], d)
+    np.testing.assert_allclose(xds[:, 1], d * q.astype(np.float32).sum(axis=1), rtol=1e-6)
+
+    np.testing.assert_array_equal(xh, x.astype(np.float16).view(np.uint16))
+
+    # the dot products: tight against the same quantized activations in float64,
+    # loose against the exact activations (what int8 rounding costs)
+    integer = qtype not in (QT.F16, QT.F32)
+    x_used = (q.astype(np.float64) * d[:, None].astype(np.float64)).reshape(-1) if integer else x.astype(np.float64)
+    exact = w_ref @ x_used
+    scale = np.abs(w_ref) @ np.abs(x_used) + 1e-30
+    assert np.max(np.abs(y - exact) / scale) < 1e-5
+    full = w_ref @ x.astype(np.float64)
+    assert np.linalg.norm(y - full) <= 2e-2 * np.linalg.norm(full)
+
+
+def test_f16_conversion_edge_cases(math_check: Path, tmp_path: Path) -> None:
+    special = [0.0, -0.0, 1.0, -2.5, 65504.0, 65520.0, 1e6, -1e6, 6.1e-5, 6.0e-8, 2.9e-8, 3.0e-8, 1e-10,
+               np.inf, -np.inf, 0.333333, 1.0009765625, 1.00048828125, 1.00146484375]
+    x = np.zeros(64, np.float32)
+    x[: len(special)] = special
+    x[len(special):] = np.random.default_rng(7).standard_normal(64 - len(special)) * 1e-5
+    inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
+    inp.write_bytes(np.array([int(QT.F32), 1, 64], np.int32).tobytes() + x.tobytes() + x.tobytes())
+    subprocess.run([str(math_check), str(inp), str(out)], check=True)
+    xh = np.frombuffer(out.read_bytes()[-128:], np.uint16)
+    with np.errstate(over="ignore"):  # the overflow to inf is the case under test
+        want = x.astype(np.float16)
+    np.testing.assert_array_equal(xh, want.view(np.uint16))
