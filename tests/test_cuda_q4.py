@@ -60,7 +60,7 @@ def _expected_split(raw: np.ndarray, qtype: QT, rows: int, nb: int) -> tuple[np.
     return words, scales.reshape(-1)
 
 
-@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.F16, QT.F32])
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.F16, QT.F32], ids=lambda t: t.name)
 @pytest.mark.parametrize(("rows", "cols"), [(3, 32), (5, 576), (17, 64 * 32 + 32 * 5)])
 def test_block_math_matches_numpy(math_check: Path, tmp_path: Path, qtype: QT, rows: int, cols: int) -> None:
     rng = np.random.default_rng(rows * 1000 + cols + int(qtype))
