@@ -117,8 +117,8 @@ L2_HD uint16_t l2_f32_to_f16(float f) {
         const uint32_t e = ax >> 23, man = (ax & 0x7fffffu) | 0x800000u;
         const uint32_t shift = 126u - e; /* 14..24 */
         uint32_t h = man >> shift;
-        const uint32_t rem = man & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-        if (rem > half || (rem == half && (h & 1u)))
+        const uint32_t rem = man & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
+        if (rem > halfway || (rem == halfway && (h & 1u)))
             h++;
         return (uint16_t)(sign | h);
     }

@@ -1,0 +1,496 @@
+/* cuda_q4's kernels: embedding, RMSNorm, activation quantization, the fused
+ * dequantize-matvec (decode), the dequantize-GEMM on tensor cores (prefill),
+ * RoPE with the KV-cache store, and attention. The per-block arithmetic is
+ * q4_math.h's, shared with the host test. */
+#include "kernels.cuh"
+#include "q4_math.h"
+
+#include <mma.h>
+
+/* ---- helpers ------------------------------------------------------------- */
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int off = 16; off > 0; off >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int off = 16; off > 0; off >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+__device__ __forceinline__ int warp_sum_int(int v) {
+    for (int off = 16; off > 0; off >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+/* A value for every thread of the block; red holds one float per warp. Ends
+ * with a barrier so red can be reused at once. */
+template <bool MAX>
+__device__ float block_reduce(float v, float *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
+    v = MAX ? warp_max(v) : warp_sum(v);
+    if (lane == 0)
+        red[warp] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int i = 1; i < n_warps; i++)
+        r = MAX ? fmaxf(r, red[i]) : r + red[i];
+    __syncthreads();
+    return r;
+}
+
+/* Lane i holds element i of a 32-block: store it quantized (l2_act_*), with (d, d * sum q). */
+__device__ __forceinline__ void warp_quantize(float v, int8_t *q_block, float2 *ds) {
+    const float d = l2_act_scale(warp_max(fabsf(v)));
+    const int8_t q = l2_act_quant(v, d);
+    const int sum = warp_sum_int(q);
+    q_block[threadIdx.x & 31] = q;
+    if ((threadIdx.x & 31) == 0)
+        *ds = make_float2(d, d * (float)sum);
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
+
+template <int T> struct l2_words { static constexpr int n = T == L2_T_F16 ? 16 : T == L2_T_Q8_0 ? 8 : 4; };
+
+/* The payload of block b of row r into registers, as 16-byte loads. */
+template <int T>
+__device__ __forceinline__ void load_block(const l2_dmat &w, int r, int b, uint32_t *out) {
+    constexpr int W = l2_words<T>::n;
+    const uint4 *p = reinterpret_cast<const uint4 *>(w.words + l2_word_index(r, b, w.nb, W));
+#pragma unroll
+    for (int i = 0; i < W / 4; i++) {
+        const uint4 v = __ldg(p + i);
+        out[4 * i] = v.x;
+        out[4 * i + 1] = v.y;
+        out[4 * i + 2] = v.z;
+        out[4 * i + 3] = v.w;
+    }
+}
+
+static cudaError_t launched(void) { return cudaGetLastError(); }
+
+/* ---- embedding, norm, quantization --------------------------------------- */
+
+template <int T>
+__global__ void embed_kernel(l2_dmat w, const int32_t *__restrict__ tokens, float *__restrict__ x) {
+    const int t = blockIdx.x, lane = threadIdx.x & 31;
+    const int row = tokens[t];
+    const int n = w.nb * L2_QK;
+    for (int b = threadIdx.x >> 5; b < w.nb; b += blockDim.x >> 5) {
+        uint32_t wa[l2_words<T>::n];
+        load_block<T>(w, row, b, wa);
+        const uint32_t sc = T == L2_T_F16 ? 0u : __ldg(w.scales + l2_scale_index(row, b, w.nb));
+        x[(size_t)t * n + b * L2_QK + lane] = l2_dequant(T, wa, sc, lane);
+    }
+}
+
+cudaError_t l2_embed(cudaStream_t s, l2_dmat embd, const int32_t *d_tokens, int n_tokens, float *x) {
+    switch (embd.type) {
+    case L2_T_Q4_0: embed_kernel<L2_T_Q4_0><<<n_tokens, 256, 0, s>>>(embd, d_tokens, x); break;
+    case L2_T_Q4_1: embed_kernel<L2_T_Q4_1><<<n_tokens, 256, 0, s>>>(embd, d_tokens, x); break;
+    case L2_T_Q8_0: embed_kernel<L2_T_Q8_0><<<n_tokens, 256, 0, s>>>(embd, d_tokens, x); break;
+    case L2_T_F16: embed_kernel<L2_T_F16><<<n_tokens, 256, 0, s>>>(embd, d_tokens, x); break;
+    default: return cudaErrorInvalidValue;
+    }
+    return launched();
+}
+
+__global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restrict__ w, int n, float eps,
+                               l2_acts out) {
+    __shared__ float red[32];
+    const int t = blockIdx.x, lane = threadIdx.x & 31;
+    const float *xt = x + (size_t)t * n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        ss += xt[i] * xt[i];
+    const float rs = rsqrtf(block_reduce<false>(ss, red) / (float)n + eps);
+    int8_t *q = reinterpret_cast<int8_t *>(out.q) + (size_t)t * n;
+    for (int b = threadIdx.x >> 5; b < n / L2_QK; b += blockDim.x >> 5) {
+        const int i = b * L2_QK + lane;
+        const float v = xt[i] * rs * w[i];
+        out.f[(size_t)t * n + i] = v;
+        warp_quantize(v, q + b * L2_QK, out.ds + (size_t)t * (n / L2_QK) + b);
+    }
+}
+
+cudaError_t l2_rmsnorm(cudaStream_t s, const float *x, const float *w, int n_tokens, int n, float eps, l2_acts out) {
+    rmsnorm_kernel<<<n_tokens, 256, 0, s>>>(x, w, n, eps, out);
+    return launched();
+}
+
+__global__ void quantize_kernel(l2_acts a, int n) {
+    const int t = blockIdx.y, nb = n / L2_QK;
+    const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (b >= nb)
+        return;
+    const float v = a.f[(size_t)t * n + b * L2_QK + (threadIdx.x & 31)];
+    warp_quantize(v, reinterpret_cast<int8_t *>(a.q) + (size_t)t * n + b * L2_QK, a.ds + (size_t)t * nb + b);
+}
+
+cudaError_t l2_quantize(cudaStream_t s, l2_acts a, int n_tokens, int n) {
+    const int nb = n / L2_QK;
+    quantize_kernel<<<dim3((unsigned)((nb + 7) / 8), (unsigned)n_tokens), 256, 0, s>>>(a, n);
+    return launched();
+}
+
+/* ---- decode: fused dequantize-matvec -------------------------------------- */
+
+#define L2_MV_WARPS 8
+
+/* Warp w of block k computes rows (k * L2_MV_WARPS + w) * R .. + R. Lane l takes
+ * blocks l, l + 32, ...: each weight load is 16 bytes per lane, 512 contiguous
+ * bytes per warp, and one activation block serves R rows. */
+template <int T, int EPI, int R>
+__global__ void __launch_bounds__(L2_MV_WARPS * 32)
+    matvec_kernel(l2_dmat w, l2_acts in, float *__restrict__ y, l2_acts out) {
+    constexpr int W = l2_words<T>::n;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int row0 = (blockIdx.x * L2_MV_WARPS + warp) * R;
+    float acc[R];
+    int rows[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        acc[r] = 0.0f;
+        rows[r] = min(row0 + r, w.rows - 1); /* a tail warp repeats the last row and drops it at the end */
+    }
+#pragma unroll 2
+    for (int b = lane; b < w.nb; b += 32) {
+        uint32_t xq[8] = {0};
+        float xf[T == L2_T_F16 ? L2_QK : 1];
+        float2 ds = make_float2(0.0f, 0.0f);
+        if constexpr (T == L2_T_F16) {
+            const float4 *p = reinterpret_cast<const float4 *>(in.f + (size_t)b * L2_QK);
+#pragma unroll
+            for (int i = 0; i < L2_QK / 4; i++) {
+                const float4 v = __ldg(p + i);
+                xf[4 * i] = v.x;
+                xf[4 * i + 1] = v.y;
+                xf[4 * i + 2] = v.z;
+                xf[4 * i + 3] = v.w;
+            }
+        } else {
+            const uint4 *p = reinterpret_cast<const uint4 *>(in.q + (size_t)b * 8);
+            const uint4 a = __ldg(p), c = __ldg(p + 1);
+            xq[0] = a.x, xq[1] = a.y, xq[2] = a.z, xq[3] = a.w;
+            xq[4] = c.x, xq[5] = c.y, xq[6] = c.z, xq[7] = c.w;
+            ds = __ldg(in.ds + b);
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            uint32_t wa[W];
+            load_block<T>(w, rows[r], b, wa);
+            const uint32_t sc = T == L2_T_F16 ? 0u : __ldg(w.scales + l2_scale_index(rows[r], b, w.nb));
+            acc[r] += l2_dot_block(T, wa, sc, xq, ds.x, ds.y, xf);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        acc[r] = warp_sum(acc[r]);
+
+    if (EPI != L2_EPI_SWIGLU) {
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                if (row0 + r < w.rows)
+                    y[row0 + r] = EPI == L2_EPI_ADD ? y[row0 + r] + acc[r] : acc[r];
+        }
+        return;
+    }
+    /* SwiGLU: rows (2i, 2i + 1) are (gate_i, up_i); the block's L2_MV_WARPS * R / 2 == 32
+     * outputs are one quantization block of the next matvec's input. */
+    __shared__ float h[L2_MV_WARPS * R / 2];
+    if (lane == 0) {
+#pragma unroll
+        for (int p = 0; p < R / 2; p++)
+            h[warp * (R / 2) + p] = silu(acc[2 * p]) * acc[2 * p + 1];
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const int i = blockIdx.x * L2_QK + lane;
+        const float v = h[lane];
+        y[i] = v;
+        warp_quantize(v, reinterpret_cast<int8_t *>(out.q) + (size_t)blockIdx.x * L2_QK, out.ds + blockIdx.x);
+    }
+}
+
+template <int T>
+static void matvec_launch(cudaStream_t s, l2_dmat w, l2_acts in, int epi, float *y, l2_acts out, int n_sm) {
+    if (epi == L2_EPI_SWIGLU) {
+        matvec_kernel<T, L2_EPI_SWIGLU, 8><<<w.rows / (L2_MV_WARPS * 8), L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
+        return;
+    }
+    /* Four rows per warp reuse each activation load four times, but only when
+     * that still leaves two blocks per multiprocessor to hide memory latency. */
+    const int blocks4 = (w.rows + L2_MV_WARPS * 4 - 1) / (L2_MV_WARPS * 4);
+    const int blocks1 = (w.rows + L2_MV_WARPS - 1) / L2_MV_WARPS;
+    const bool wide = blocks4 >= 2 * n_sm;
+    if (epi == L2_EPI_ADD) {
+        if (wide)
+            matvec_kernel<T, L2_EPI_ADD, 4><<<blocks4, L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
+        else
+            matvec_kernel<T, L2_EPI_ADD, 1><<<blocks1, L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
+    } else {
+        if (wide)
+            matvec_kernel<T, L2_EPI_STORE, 4><<<blocks4, L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
+        else
+            matvec_kernel<T, L2_EPI_STORE, 1><<<blocks1, L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
+    }
+}
+
+cudaError_t l2_matvec(cudaStream_t s, l2_dmat w, l2_acts in, int epi, float *y, l2_acts out, int n_sm) {
+    if (epi == L2_EPI_SWIGLU && w.rows % (L2_MV_WARPS * 8) != 0)
+        return cudaErrorInvalidValue;
+    switch (w.type) {
+    case L2_T_Q4_0: matvec_launch<L2_T_Q4_0>(s, w, in, epi, y, out, n_sm); break;
+    case L2_T_Q4_1: matvec_launch<L2_T_Q4_1>(s, w, in, epi, y, out, n_sm); break;
+    case L2_T_Q8_0: matvec_launch<L2_T_Q8_0>(s, w, in, epi, y, out, n_sm); break;
+    case L2_T_F16: matvec_launch<L2_T_F16>(s, w, in, epi, y, out, n_sm); break;
+    default: return cudaErrorInvalidValue;
+    }
+    return launched();
+}
+
+/* ---- prefill: dequantize-GEMM on fp16 tensor cores ------------------------ */
+
+#define GB_M 64 /* weight rows per block */
+#define GB_N 64 /* tokens per block */
+#define GB_PAD 8
+
+/* Four warps, each a 32x32 tile of C = W X^T as 2x2 16x16 fragments. Per 32-wide
+ * K step the block dequantizes 64 weight blocks to fp16 and converts 64 token
+ * slices to fp16 in shared memory; accumulation is fp32. */
+template <int T, int EPI>
+__global__ void __launch_bounds__(128) gemm_kernel(l2_dmat w, const float *__restrict__ x, int n_tokens,
+                                                   float *__restrict__ y, int ldy) {
+    using namespace nvcuda;
+    __shared__ __align__(32) __half As[GB_M][L2_QK + GB_PAD];
+    __shared__ __align__(32) __half Bs[GB_N][L2_QK + GB_PAD];
+    __shared__ __align__(32) float Cs[GB_N][GB_M + 4]; /* [token][row]: the epilogue writes rows contiguously */
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const int wm = warp >> 1, wn = warp & 1;
+    const int row_base = blockIdx.x * GB_M, tok_base = blockIdx.y * GB_N;
+    const int K = w.nb * L2_QK;
+
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            wmma::fill_fragment(c[i][j], 0.0f);
+
+    const int lr = tid >> 1, hf = tid & 1; /* this thread loads half a block of row / token lr */
+    const int a_row = min(row_base + lr, w.rows - 1);
+    const int b_tok = tok_base + lr;
+    for (int b = 0; b < w.nb; b++) {
+        const uint32_t sc = T == L2_T_F16 ? 0u : __ldg(w.scales + l2_scale_index(a_row, b, w.nb));
+        if constexpr (T == L2_T_Q4_0 || T == L2_T_Q4_1) {
+            uint32_t wa[4]; /* both halves share the 4 words: low and high nibbles */
+            load_block<T>(w, a_row, b, wa);
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                As[lr][hf * 16 + i] = __float2half(l2_dequant(T, wa, sc, hf * 16 + i));
+        } else {
+            /* Q8_0 and F16 store weights in order: load only this half's words, so
+             * the register array is indexed by constants (no local memory) */
+            constexpr int HW = l2_words<T>::n / 2;
+            uint32_t wa[HW];
+            const uint4 *p = reinterpret_cast<const uint4 *>(w.words + l2_word_index(a_row, b, w.nb, 2 * HW) + hf * HW);
+#pragma unroll
+            for (int i = 0; i < HW / 4; i++) {
+                const uint4 v = __ldg(p + i);
+                wa[4 * i] = v.x, wa[4 * i + 1] = v.y, wa[4 * i + 2] = v.z, wa[4 * i + 3] = v.w;
+            }
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                As[lr][hf * 16 + i] = __float2half(l2_dequant(T, wa, sc, i));
+        }
+        if (b_tok < n_tokens) {
+            const float4 *p = reinterpret_cast<const float4 *>(x + (size_t)b_tok * K + b * L2_QK + hf * 16);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float4 v = __ldg(p + i);
+                *reinterpret_cast<__half2 *>(&Bs[lr][hf * 16 + 4 * i]) = __floats2half2_rn(v.x, v.y);
+                *reinterpret_cast<__half2 *>(&Bs[lr][hf * 16 + 4 * i + 2]) = __floats2half2_rn(v.z, v.w);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                Bs[lr][hf * 16 + i] = __float2half(0.0f);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < L2_QK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                wmma::load_matrix_sync(fa[i], &As[wm * 32 + i * 16][kk], L2_QK + GB_PAD);
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                wmma::load_matrix_sync(fb[j], &Bs[wn * 32 + j * 16][kk], L2_QK + GB_PAD);
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+                    wmma::mma_sync(c[i][j], fa[i], fb[j], c[i][j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            wmma::store_matrix_sync(&Cs[wn * 32 + j * 16][wm * 32 + i * 16], c[i][j], GB_M + 4, wmma::mem_col_major);
+    __syncthreads();
+
+    for (int idx = tid; idx < GB_M * GB_N; idx += blockDim.x) {
+        const int r = idx % GB_M, tt = idx / GB_M;
+        const int row = row_base + r, tok = tok_base + tt;
+        if (row >= w.rows || tok >= n_tokens)
+            continue;
+        if (EPI == L2_EPI_SWIGLU) {
+            if ((r & 1) == 0)
+                y[(size_t)tok * ldy + row / 2] = silu(Cs[tt][r]) * Cs[tt][r + 1];
+        } else if (EPI == L2_EPI_ADD) {
+            y[(size_t)tok * ldy + row] += Cs[tt][r];
+        } else {
+            y[(size_t)tok * ldy + row] = Cs[tt][r];
+        }
+    }
+}
+
+template <int T>
+static void gemm_launch(cudaStream_t s, l2_dmat w, const float *x, int n_tokens, int epi, float *y, int ldy) {
+    const dim3 grid((unsigned)((w.rows + GB_M - 1) / GB_M), (unsigned)((n_tokens + GB_N - 1) / GB_N));
+    if (epi == L2_EPI_SWIGLU)
+        gemm_kernel<T, L2_EPI_SWIGLU><<<grid, 128, 0, s>>>(w, x, n_tokens, y, ldy);
+    else if (epi == L2_EPI_ADD)
+        gemm_kernel<T, L2_EPI_ADD><<<grid, 128, 0, s>>>(w, x, n_tokens, y, ldy);
+    else
+        gemm_kernel<T, L2_EPI_STORE><<<grid, 128, 0, s>>>(w, x, n_tokens, y, ldy);
+}
+
+cudaError_t l2_gemm(cudaStream_t s, l2_dmat w, const float *x, int n_tokens, int epi, float *y, int ldy) {
+    if (epi == L2_EPI_SWIGLU && w.rows % 2 != 0)
+        return cudaErrorInvalidValue;
+    switch (w.type) {
+    case L2_T_Q4_0: gemm_launch<L2_T_Q4_0>(s, w, x, n_tokens, epi, y, ldy); break;
+    case L2_T_Q4_1: gemm_launch<L2_T_Q4_1>(s, w, x, n_tokens, epi, y, ldy); break;
+    case L2_T_Q8_0: gemm_launch<L2_T_Q8_0>(s, w, x, n_tokens, epi, y, ldy); break;
+    case L2_T_F16: gemm_launch<L2_T_F16>(s, w, x, n_tokens, epi, y, ldy); break;
+    default: return cudaErrorInvalidValue;
+    }
+    return launched();
+}
+
+/* ---- RoPE and the KV cache ------------------------------------------------ */
+
+__global__ void rope_store_kernel(float *__restrict__ qkv, const int32_t *__restrict__ d_pos, l2_attn_shape a) {
+    const int t = blockIdx.x, pos = d_pos[0] + t;
+    const int hd = a.head_dim, half_hd = hd / 2;
+    const int q_dim = a.n_head * hd, kv_dim = a.n_head_kv * hd;
+    float *row = qkv + (size_t)t * (q_dim + 2 * kv_dim);
+    const int n_pairs = (a.n_head + a.n_head_kv) * half_hd;
+    for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) {
+        const int head = p / half_hd, i = p % half_hd; /* heads n_head.. are k's */
+        float *v = row + head * hd + 2 * i;            /* k follows q directly in a row */
+        float x0 = v[0], x1 = v[1];
+        if (2 * i < a.n_rot) {
+            l2_rope_pair(&x0, &x1, (float)pos * a.inv_freq[i]);
+            v[0] = x0;
+            v[1] = x1;
+        }
+        if (head >= a.n_head) {
+            const size_t c = ((size_t)(head - a.n_head) * a.n_ctx + pos) * hd + 2 * i;
+            *reinterpret_cast<__half2 *>(a.k_cache + c) = __floats2half2_rn(x0, x1);
+        }
+    }
+    const float *vrow = row + q_dim + kv_dim;
+    for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
+        const int h = j / hd, d = j % hd;
+        a.v_cache[((size_t)h * a.n_ctx + pos) * hd + d] = __float2half(vrow[j]);
+    }
+}
+
+cudaError_t l2_rope_store(cudaStream_t s, float *qkv, int n_tokens, const int32_t *d_pos, l2_attn_shape a) {
+    rope_store_kernel<<<n_tokens, 256, 0, s>>>(qkv, d_pos, a);
+    return launched();
+}
+
+/* ---- attention ------------------------------------------------------------ */
+
+#define ATT_THREADS 128
+#define ATT_MAX_HD 256
+
+/* One block per (head, token): keys in chunks of ATT_THREADS with a running
+ * (online) softmax, so the cache length is not limited by shared memory.
+ * Thread j scores key c0 + j; thread d accumulates output dims d, d + 128. */
+__global__ void __launch_bounds__(ATT_THREADS)
+    attention_kernel(const float *__restrict__ qkv, const int32_t *__restrict__ d_pos, l2_attn_shape a,
+                     float *__restrict__ out) {
+    __shared__ float sq[ATT_MAX_HD];
+    __shared__ float sp[ATT_THREADS];
+    __shared__ float red[32];
+    const int h = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
+    const int hd = a.head_dim, kvh = h / (a.n_head / a.n_head_kv);
+    const int n_keys = d_pos[0] + t + 1;
+    const float *q = qkv + (size_t)t * (a.n_head + 2 * a.n_head_kv) * hd + (size_t)h * hd;
+    const float scale = rsqrtf((float)hd);
+    for (int d = tid; d < hd; d += ATT_THREADS)
+        sq[d] = q[d] * scale;
+    __syncthreads();
+    const __half *K = a.k_cache + (size_t)kvh * a.n_ctx * hd;
+    const __half *V = a.v_cache + (size_t)kvh * a.n_ctx * hd;
+
+    float m = -INFINITY, l = 0.0f, acc[ATT_MAX_HD / ATT_THREADS] = {0.0f, 0.0f};
+    for (int c0 = 0; c0 < n_keys; c0 += ATT_THREADS) {
+        const int key = c0 + tid;
+        float sc = -INFINITY;
+        if (key < n_keys) {
+            const __half2 *kr = reinterpret_cast<const __half2 *>(K + (size_t)key * hd);
+            sc = 0.0f;
+            for (int d = 0; d < hd / 2; d++) {
+                const float2 kv = __half22float2(kr[d]);
+                sc += sq[2 * d] * kv.x + sq[2 * d + 1] * kv.y;
+            }
+        }
+        const float m_new = fmaxf(m, block_reduce<true>(sc, red)); /* finite: key c0 exists */
+        const float p = key < n_keys ? expf(sc - m_new) : 0.0f;
+        sp[tid] = p;
+        const float f = expf(m - m_new);
+        l = l * f + block_reduce<false>(p, red); /* its barrier also publishes sp */
+        const int n = min(ATT_THREADS, n_keys - c0);
+#pragma unroll
+        for (int k = 0; k < ATT_MAX_HD / ATT_THREADS; k++) {
+            const int d = tid + k * ATT_THREADS;
+            if (d < hd) {
+                float s = acc[k] * f;
+                for (int j = 0; j < n; j++)
+                    s += sp[j] * __half2float(V[(size_t)(c0 + j) * hd + d]);
+                acc[k] = s;
+            }
+        }
+        m = m_new;
+        __syncthreads(); /* sp is rewritten by the next chunk */
+    }
+    float *o = out + (size_t)t * a.n_head * hd + (size_t)h * hd;
+#pragma unroll
+    for (int k = 0; k < ATT_MAX_HD / ATT_THREADS; k++) {
+        const int d = tid + k * ATT_THREADS;
+        if (d < hd)
+            o[d] = acc[k] / l;
+    }
+}
+
+cudaError_t l2_attention(cudaStream_t s, const float *qkv, int n_tokens, const int32_t *d_pos, l2_attn_shape a,
+                         float *out) {
+    if (a.head_dim > ATT_MAX_HD)
+        return cudaErrorInvalidValue;
+    attention_kernel<<<dim3((unsigned)a.n_head, (unsigned)n_tokens), ATT_THREADS, 0, s>>>(qkv, d_pos, a, out);
+    return launched();
+}
