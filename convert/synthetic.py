@@ -13,18 +13,104 @@ from pathlib import Path
 
 import numpy as np
 
-from .gguf_writer import GGMLType, LlamaHParams, TensorData, TokenizerData, tensor_from_float, write_llama_gguf
+from llama2.tokenizer import TOKEN_BYTE, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_UNUSED
 
-# sentencepiece piece types, as stored in tokenizer.ggml.token_type
-TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+from .gguf_writer import (
+    GGMLType,
+    LlamaHParams,
+    TensorData,
+    TokenizerData,
+    tensor_from_float,
+    write_llama_gguf,
+)
 
-_COMMON_WORDS = (
-    "the of and to in is was for that on as with by he at from his it an were are which this be "
-    "or has had first one their its new after who they have her she two been other when there all "
-    "during into school time may years more most only over city some world would where later up such "
-    "used many can state about national out known university united then made france paris capital "
-    "hello world richard feynman physics model language llama"
-).split()
+_COMMON_WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "that",
+    "on",
+    "as",
+    "with",
+    "by",
+    "he",
+    "at",
+    "from",
+    "his",
+    "it",
+    "an",
+    "were",
+    "are",
+    "which",
+    "this",
+    "be",
+    "or",
+    "has",
+    "had",
+    "first",
+    "one",
+    "their",
+    "its",
+    "new",
+    "after",
+    "who",
+    "they",
+    "have",
+    "her",
+    "she",
+    "two",
+    "been",
+    "other",
+    "when",
+    "there",
+    "all",
+    "during",
+    "into",
+    "school",
+    "time",
+    "may",
+    "years",
+    "more",
+    "most",
+    "only",
+    "over",
+    "city",
+    "some",
+    "world",
+    "would",
+    "where",
+    "later",
+    "up",
+    "such",
+    "used",
+    "many",
+    "can",
+    "state",
+    "about",
+    "national",
+    "out",
+    "known",
+    "university",
+    "united",
+    "then",
+    "made",
+    "france",
+    "paris",
+    "capital",
+    "hello",
+    "world",
+    "richard",
+    "feynman",
+    "physics",
+    "model",
+    "language",
+    "llama",
+]
 
 
 def synthetic_llama_tokenizer(n_vocab: int) -> TokenizerData:

@@ -116,7 +116,9 @@ def reference_from_gguf(path: str, dtype: torch.dtype = torch.float64) -> Refere
     """A reference model on the dequantized weights of a GGUF file (any type gguf can read)."""
     import gguf
 
-    reader = gguf.GGUFReader(path)
+    from .model_file import FastGGUFReader
+
+    reader = FastGGUFReader(path)
 
     def field(key: str, default: object = None) -> object:
         f = reader.fields.get(key)

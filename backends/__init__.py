@@ -1,0 +1,1 @@
+"""Backend libraries and their plugin modules (installed as ``llama2.backends``)."""
