@@ -139,3 +139,153 @@ def test_f16_conversion_edge_cases(math_check: Path, tmp_path: Path) -> None:
     with np.errstate(over="ignore"):  # the overflow to inf is the case under test
         want = x.astype(np.float16)
     np.testing.assert_array_equal(xh, want.view(np.uint16))
+
+
+# ---- the built library: loads, says why it is unusable here, validates before touching a device ----
+
+def _gpu_present() -> bool:
+    """Whether this machine has a usable CUDA GPU, asked of torch rather than of the code under test."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.fixture(scope="module")
+def cuda_backend():
+    from llama2.native import native_backend
+
+    backend = native_backend("llama2.backends.cuda_q4", "llama2_cuda_q4")
+    if backend.lib_path is None:
+        pytest.skip("libllama2_cuda_q4 was not built (no nvcc when the package was installed)")
+    return backend
+
+
+def test_library_loads_and_probe_gives_a_reason(cuda_backend) -> None:
+    assert cuda_backend.name == "cuda_q4"
+    assert "CUDA" in cuda_backend.description
+    assert set(cuda_backend.native_types) >= {2, 3}  # Q4_0, Q4_1
+    ok, reason = cuda_backend.probe()
+    if _gpu_present():
+        assert ok, reason
+    else:
+        assert not ok
+        assert "CUDA" in reason and ("device" in reason or "driver" in reason), reason
+
+
+def test_registered_and_listed_with_status() -> None:
+    from llama2 import plugins
+
+    backends = plugins.backends()
+    assert "cuda_q4" in backends
+    ok, reason = backends["cuda_q4"].probe()
+    assert ok or reason
+
+
+class _Unprobed:
+    """The backend's raw table, so that model_load runs even where probe says no."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+    @property
+    def api(self):
+        return self._backend._api
+
+
+def _load(cuda_backend, model_file):
+    from llama2.native import NativeModel
+
+    return NativeModel(_Unprobed(cuda_backend), model_file)  # type: ignore[arg-type]
+
+
+def _broken(path: Path, how: str):
+    """A valid model file whose description is then broken in one way the C side must catch."""
+    import dataclasses
+
+    from llama2.model_file import ModelFile
+
+    mf = ModelFile(path)
+    hp = mf.hparams
+    if how == "n_ff":
+        mf.hparams = dataclasses.replace(hp, n_ff=hp.n_ff + 32)
+    elif how == "groups":
+        mf.hparams = dataclasses.replace(hp, n_head_kv=hp.n_head - 1)
+    elif how == "n_rot":
+        mf.hparams = dataclasses.replace(hp, n_rot=hp.head_dim + 2)
+    elif how == "missing":
+        del mf.tensors["blk.1.ffn_up.weight"]
+    elif how == "bytes":
+        t = mf.tensors["blk.0.attn_k.weight"]
+        mf.tensors[t.name] = dataclasses.replace(t, data=t.data[:-18])
+    elif how == "type":
+        t = mf.tensors["blk.0.ffn_down.weight"]
+        mf.tensors[t.name] = dataclasses.replace(t, type=12)  # Q4_K
+    elif how == "norm_shape":
+        t = mf.tensors["output_norm.weight"]
+        mf.tensors[t.name] = dataclasses.replace(t, ne=(t.ne[0] // 2, 2))
+    return mf
+
+
+BROKEN = {
+    "n_ff": "ffn_gate.weight has shape",
+    "groups": "n_head_kv",
+    "n_rot": "n_rot",
+    "missing": "blk.1.ffn_up.weight is missing",
+    "bytes": "holds",
+    "type": "supported are",
+    "norm_shape": "output_norm.weight has shape",
+}
+
+
+@pytest.mark.parametrize("how", sorted(BROKEN))
+def test_model_description_is_validated_first(cuda_backend, tiny_model, how: str) -> None:
+    from llama2.errors import BackendError
+
+    with pytest.raises(BackendError, match=BROKEN[how]):
+        _load(cuda_backend, _broken(tiny_model("gqa", "Q4_0"), how))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "F16", "F32"])
+def test_valid_model_reaches_the_device(cuda_backend, tiny_model, qtype: str) -> None:
+    from llama2.errors import BackendError
+    from llama2.model_file import ModelFile
+
+    mf = ModelFile(tiny_model("mqa_rot", qtype, tied=qtype == "Q4_1"))
+    if _gpu_present():
+        model = _load(cuda_backend, mf)
+        assert model.memory_bytes > 0
+        model.close()
+    else:
+        with pytest.raises(BackendError, match="no CUDA"):
+            _load(cuda_backend, mf)
+
+
+# ---- on a GPU: the checks of device_check.py, as tests ---------------------------------------------
+
+@pytest.fixture
+def cuda_device(cuda_backend):
+    ok, reason = cuda_backend.probe()
+    if not ok:
+        pytest.skip(f"cuda_q4 is not usable here: {reason}")
+    return cuda_backend
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", ["mha", "gqa", "mqa_rot"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+def test_gpu_logits_match_reference(cuda_device, tiny_model, shape: str, qtype: str) -> None:
+    from llama2.backends.cuda_q4 import device_check
+
+    result = device_check.check_logits(tiny_model(shape, qtype, tied=shape == "gqa"))
+    assert result.max_rel_err < 1e-2, result
+
+
+@pytest.mark.gpu
+def test_gpu_greedy_smollm2(cuda_device, smollm2_path: Path) -> None:
+    from llama2.backends.cuda_q4 import device_check
+
+    text, _ = device_check.greedy_smollm2(smollm2_path)
+    assert "Paris" in text
