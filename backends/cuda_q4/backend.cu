@@ -271,18 +271,20 @@ static llama2_status place_matrix(placer *p, const llama2_tensor *const *srcs, i
     for (int i = 0; i < n; i++)
         rows += srcs[i]->ne[1];
     const uint64_t wbytes = (uint64_t)rows * (uint64_t)nb * (uint64_t)W * 4u;
-    const uint64_t sbytes = dtype == L2_T_F16 ? 0 : (uint64_t)rows * (uint64_t)nb * 4u;
+    const int scale_bytes = l2_scale_bytes(dtype);
+    const uint64_t sbytes = (uint64_t)rows * (uint64_t)nb * (uint64_t)scale_bytes;
     m->type = dtype;
     m->rows = (int)rows;
     m->nb = (int)nb;
     m->words = (const uint32_t *)place(p, wbytes);
-    m->scales = sbytes ? (const uint32_t *)place(p, sbytes) : NULL;
+    m->scales = sbytes ? place(p, sbytes) : NULL;
     if (!p->base) {
         if (wbytes + sbytes > p->staging_bytes)
             p->staging_bytes = wbytes + sbytes;
         return LLAMA2_OK;
     }
-    uint32_t *words = (uint32_t *)p->staging, *scales = (uint32_t *)(p->staging + wbytes);
+    uint32_t *words = (uint32_t *)p->staging;
+    uint8_t *scales = p->staging + wbytes;
     const int fbytes = l2_file_block_bytes(ftype);
     for (int64_t r = 0; r < rows; r++) {
         const llama2_tensor *t;
@@ -300,8 +302,12 @@ static llama2_status place_matrix(placer *p, const llama2_tensor *const *srcs, i
         for (int64_t b = 0; b < nb; b++) {
             uint32_t scale;
             l2_repack_block(ftype, row + b * fbytes, words + l2_word_index(r, b, nb, W), &scale);
-            if (sbytes)
-                scales[l2_scale_index(r, b, nb)] = scale;
+            if (scale_bytes == 4) {
+                memcpy(scales + l2_scale_index(r, b, nb) * 4u, &scale, 4);
+            } else if (scale_bytes == 2) {
+                const uint16_t d16 = (uint16_t)scale;
+                memcpy(scales + l2_scale_index(r, b, nb) * 2u, &d16, 2);
+            }
         }
     }
     CK(cudaMemcpy((void *)m->words, words, wbytes, cudaMemcpyHostToDevice));

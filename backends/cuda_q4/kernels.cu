@@ -72,6 +72,18 @@ __device__ __forceinline__ void load_block(const l2_dmat &w, int r, int b, uint3
     }
 }
 
+/* The scale of block b of row r, widened to the 32 bits q4_math.h takes. */
+template <int T>
+__device__ __forceinline__ uint32_t load_scale(const l2_dmat &w, int r, int b) {
+    const size_t i = l2_scale_index(r, b, w.nb);
+    if constexpr (T == L2_T_Q4_1)
+        return __ldg(static_cast<const uint32_t *>(w.scales) + i);
+    else if constexpr (T == L2_T_Q4_0 || T == L2_T_Q8_0)
+        return __ldg(static_cast<const unsigned short *>(w.scales) + i);
+    else
+        return 0u;
+}
+
 static cudaError_t launched(void) { return cudaGetLastError(); }
 
 /* ---- embedding, norm, quantization --------------------------------------- */
@@ -84,7 +96,7 @@ __global__ void embed_kernel(l2_dmat w, const int32_t *__restrict__ tokens, floa
     for (int b = threadIdx.x >> 5; b < w.nb; b += blockDim.x >> 5) {
         uint32_t wa[l2_words<T>::n];
         load_block<T>(w, row, b, wa);
-        const uint32_t sc = T == L2_T_F16 ? 0u : __ldg(w.scales + l2_scale_index(row, b, w.nb));
+        const uint32_t sc = load_scale<T>(w, row, b);
         x[(size_t)t * n + b * L2_QK + lane] = l2_dequant(T, wa, sc, lane);
     }
 }
@@ -184,7 +196,7 @@ __global__ void __launch_bounds__(L2_MV_WARPS * 32)
         for (int r = 0; r < R; r++) {
             uint32_t wa[W];
             load_block<T>(w, rows[r], b, wa);
-            const uint32_t sc = T == L2_T_F16 ? 0u : __ldg(w.scales + l2_scale_index(rows[r], b, w.nb));
+            const uint32_t sc = load_scale<T>(w, rows[r], b);
             acc[r] += l2_dot_block(T, wa, sc, xq, ds.x, ds.y, xf);
         }
     }
@@ -287,7 +299,7 @@ __global__ void __launch_bounds__(128) gemm_kernel(l2_dmat w, const float *__res
     const int a_row = min(row_base + lr, w.rows - 1);
     const int b_tok = tok_base + lr;
     for (int b = 0; b < w.nb; b++) {
-        const uint32_t sc = T == L2_T_F16 ? 0u : __ldg(w.scales + l2_scale_index(a_row, b, w.nb));
+        const uint32_t sc = load_scale<T>(w, a_row, b);
         if constexpr (T == L2_T_Q4_0 || T == L2_T_Q4_1) {
             uint32_t wa[4]; /* both halves share the 4 words: low and high nibbles */
             load_block<T>(w, a_row, b, wa);

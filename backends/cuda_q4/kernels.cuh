@@ -19,7 +19,7 @@ typedef struct {
     int rows;
     int nb;   /* 32-blocks per row */
     const uint32_t *words;
-    const uint32_t *scales;
+    const void *scales; /* uint16_t (Q4_0, Q8_0) or uint32_t (Q4_1) per block; NULL for F16 */
 } l2_dmat;
 
 /* Activations of n tokens, row length n: float, and int8 per 32-block with (d, d * sum q). */

@@ -10,10 +10,12 @@
  * loads. At upload each matrix is split into two arrays:
  *   words[]  the quantized payload of every block, L2_WORDS(type) 32-bit words,
  *            block (row, b) at ((row * nb) + b) * L2_WORDS(type), 16-byte aligned;
- *   scales[] one 32-bit word per block at row * nb + b:
- *            Q4_0, Q8_0: the fp16 d in the low half (high half zero);
- *            Q4_1: fp16 d in the low half, fp16 m in the high half;
- *            F16: unused.
+ *   scales[] one scale per block at row * nb + b, l2_scale_bytes(type) wide:
+ *            Q4_0, Q8_0: the fp16 d (16 bits: a 32-bit slot would add 11% to
+ *            every Q4_0 weight byte read);
+ *            Q4_1: fp16 d in the low half of a 32-bit word, fp16 m in the high half;
+ *            F16: none.
+ * The functions below take a scale as a 32-bit value in either case.
  * A warp whose lane l reads block b = l, l + 32, ... of a row then makes
  * 16-byte loads that are contiguous across the warp (512 bytes per Q4 load).
  * The payload words are ggml's bytes unchanged (for Q4: low nibbles hold
@@ -61,6 +63,9 @@ L2_HD int l2_file_block_bytes(int type) {
     return type == L2_T_Q4_0 ? 18 : type == L2_T_Q4_1 ? 20 : type == L2_T_Q8_0 ? 34
          : type == L2_T_F16 ? 64 : type == L2_T_F32 ? 128 : 0;
 }
+
+/* Bytes of one block's scale in the device layout. */
+L2_HD int l2_scale_bytes(int type) { return type == L2_T_Q4_1 ? 4 : type == L2_T_Q4_0 || type == L2_T_Q8_0 ? 2 : 0; }
 
 L2_HD size_t l2_word_index(int64_t row, int64_t b, int64_t nb, int words) {
     return ((size_t)row * (size_t)nb + (size_t)b) * (size_t)words;
