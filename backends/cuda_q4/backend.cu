@@ -460,6 +460,7 @@ struct llama2_context {
     __half *k_cache, *v_cache; /* [layer][kv head][n_ctx][head_dim] */
     float *x, *qkv, *logits;   /* residual [ub][E], q|k|v [ub][E + 2 KV], logits [ub][V] */
     l2_acts xn, att, h;        /* normed input [ub][E], attention output [ub][E], SwiGLU [ub][F] */
+    l2_attn_split split;       /* how a decode step's attention divides the cache */
     int32_t *d_params;         /* [0] position of the first token, [1..] the tokens */
     int32_t *h_params;         /* pinned mirror of d_params */
     float *h_logits;           /* pinned [ub][V] */
@@ -502,6 +503,12 @@ static void place_context(llama2_context *c, placer *p) {
     c->xn = place_acts(p, ub, E);
     c->att = place_acts(p, ub, E);
     c->h = place_acts(p, ub, m->n_ff);
+    /* ranges of at least 128 keys (one pass of the kernel), at most 64 of them */
+    const int per = (c->n_ctx + 63) / 64;
+    c->split.keys_per_split = per <= 128 ? 128 : (per + 127) / 128 * 128;
+    c->split.n_split = (c->n_ctx + c->split.keys_per_split - 1) / c->split.keys_per_split;
+    c->split.part_o = (float *)place(p, (uint64_t)m->n_head * (uint64_t)c->split.n_split * (uint64_t)m->head_dim * 4u);
+    c->split.part_ml = (float2 *)place(p, (uint64_t)m->n_head * (uint64_t)c->split.n_split * sizeof(float2));
     c->d_params = (int32_t *)place(p, (uint64_t)(ub + 1) * 4u);
 }
 
@@ -584,7 +591,9 @@ static llama2_status enqueue_forward(llama2_context *c, int n, int all_logits, c
         else
             CK(l2_gemm(s, L->qkv, c->xn.f, n, L2_EPI_STORE, c->qkv, E + 2 * KV));
         CK(l2_rope_store(s, c->qkv, n, d_pos, a));
-        CK(l2_attention(s, c->qkv, n, d_pos, a, c->att.f));
+        /* one token: split the cache across blocks; a batch has blocks enough per token */
+        const l2_attn_split one_range = {1, c->n_ctx, NULL, NULL};
+        CK(l2_attention(s, c->qkv, n, d_pos, a, n == 1 ? c->split : one_range, c->att.f));
         if (n == 1) {
             CK(l2_quantize(s, c->att, 1, E));
             CK(l2_matvec(s, L->o, c->att, L2_EPI_ADD, c->x, none, m->n_sm));

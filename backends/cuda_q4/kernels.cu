@@ -437,72 +437,158 @@ cudaError_t l2_rope_store(cudaStream_t s, float *qkv, int n_tokens, const int32_
 /* ---- attention ------------------------------------------------------------ */
 
 #define ATT_THREADS 128
-#define ATT_MAX_HD 256
+#define ATT_WARPS (ATT_THREADS / 32)
+#define ATT_CHUNK ATT_THREADS /* keys scored per pass: one per thread for the softmax */
+#define ATT_PAIRS 4           /* head_dim / 2 / 32 at most: head_dim <= 256 */
 
-/* One block per (head, token): keys in chunks of ATT_THREADS with a running
- * (online) softmax, so the cache length is not limited by shared memory.
- * Thread j scores key c0 + j; thread d accumulates output dims d, d + 128. */
+/* One block per (head, token, key range). Keys go in chunks of ATT_CHUNK with a
+ * running (online) softmax. Warp w scores keys w, w + 4, ... of a chunk, lane l
+ * holding dimension pairs l, l + 32, ... of q, so each key row is one
+ * coalesced read; then the same warp accumulates p * v for those keys with the
+ * same lane-to-dimension map. The warps' partial outputs are summed at the end.
+ * With PARTIAL the unnormalised output and (max, sum) of the range are written
+ * for attention_combine; otherwise the range is every key and the result final. */
+template <bool PARTIAL>
 __global__ void __launch_bounds__(ATT_THREADS)
     attention_kernel(const float *__restrict__ qkv, const int32_t *__restrict__ d_pos, l2_attn_shape a,
-                     float *__restrict__ out) {
-    __shared__ float sq[ATT_MAX_HD];
-    __shared__ float sp[ATT_THREADS];
+                     int keys_per_split, float *__restrict__ out, float *__restrict__ part_o,
+                     float2 *__restrict__ part_ml) {
+    __shared__ float sp[ATT_CHUNK];
     __shared__ float red[32];
-    const int h = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
-    const int hd = a.head_dim, kvh = h / (a.n_head / a.n_head_kv);
+    __shared__ float so[ATT_WARPS][2 * 32 * ATT_PAIRS];
+    const int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z, n_split = gridDim.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int hd = a.head_dim, n_pairs = hd / 2, kvh = h / (a.n_head / a.n_head_kv);
     const int n_keys = d_pos[0] + t + 1;
+    const int k0 = split * keys_per_split, k1 = min(k0 + keys_per_split, n_keys);
+    const size_t part = ((size_t)t * a.n_head + h) * n_split + split;
+    if (k0 >= k1) { /* a range past the current position: empty */
+        if (PARTIAL && tid == 0)
+            part_ml[part] = make_float2(-INFINITY, 0.0f);
+        return;
+    }
     const float *q = qkv + (size_t)t * (a.n_head + 2 * a.n_head_kv) * hd + (size_t)h * hd;
     const float scale = rsqrtf((float)hd);
-    for (int d = tid; d < hd; d += ATT_THREADS)
-        sq[d] = q[d] * scale;
-    __syncthreads();
-    const __half *K = a.k_cache + (size_t)kvh * a.n_ctx * hd;
-    const __half *V = a.v_cache + (size_t)kvh * a.n_ctx * hd;
-
-    float m = -INFINITY, l = 0.0f, acc[ATT_MAX_HD / ATT_THREADS] = {0.0f, 0.0f};
-    for (int c0 = 0; c0 < n_keys; c0 += ATT_THREADS) {
-        const int key = c0 + tid;
-        float sc = -INFINITY;
-        if (key < n_keys) {
-            const __half2 *kr = reinterpret_cast<const __half2 *>(K + (size_t)key * hd);
-            sc = 0.0f;
-            for (int d = 0; d < hd / 2; d++) {
-                const float2 kv = __half22float2(kr[d]);
-                sc += sq[2 * d] * kv.x + sq[2 * d + 1] * kv.y;
-            }
-        }
-        const float m_new = fmaxf(m, block_reduce<true>(sc, red)); /* finite: key c0 exists */
-        const float p = key < n_keys ? expf(sc - m_new) : 0.0f;
-        sp[tid] = p;
-        const float f = expf(m - m_new);
-        l = l * f + block_reduce<false>(p, red); /* its barrier also publishes sp */
-        const int n = min(ATT_THREADS, n_keys - c0);
+    float2 qr[ATT_PAIRS], acc[ATT_PAIRS];
 #pragma unroll
-        for (int k = 0; k < ATT_MAX_HD / ATT_THREADS; k++) {
-            const int d = tid + k * ATT_THREADS;
-            if (d < hd) {
-                float s = acc[k] * f;
-                for (int j = 0; j < n; j++)
-                    s += sp[j] * __half2float(V[(size_t)(c0 + j) * hd + d]);
-                acc[k] = s;
+    for (int u = 0; u < ATT_PAIRS; u++) {
+        const int j = lane + 32 * u;
+        qr[u] = j < n_pairs ? make_float2(q[2 * j] * scale, q[2 * j + 1] * scale) : make_float2(0.0f, 0.0f);
+        acc[u] = make_float2(0.0f, 0.0f);
+    }
+    const __half2 *K = reinterpret_cast<const __half2 *>(a.k_cache + (size_t)kvh * a.n_ctx * hd);
+    const __half2 *V = reinterpret_cast<const __half2 *>(a.v_cache + (size_t)kvh * a.n_ctx * hd);
+
+    float m = -INFINITY, l = 0.0f;
+    for (int c0 = k0; c0 < k1; c0 += ATT_CHUNK) {
+#pragma unroll 4
+        for (int i = warp; i < ATT_CHUNK; i += ATT_WARPS) {
+            const int key = c0 + i;
+            float s = 0.0f;
+            if (key < k1) {
+#pragma unroll
+                for (int u = 0; u < ATT_PAIRS; u++) {
+                    const int j = lane + 32 * u;
+                    if (j < n_pairs) {
+                        const float2 k = __half22float2(K[(size_t)key * n_pairs + j]);
+                        s += qr[u].x * k.x + qr[u].y * k.y;
+                    }
+                }
+            }
+            s = warp_sum(s);
+            if (lane == 0)
+                sp[i] = key < k1 ? s : -INFINITY;
+        }
+        __syncthreads();
+        const float sc = sp[tid];
+        const float m_new = fmaxf(m, block_reduce<true>(sc, red)); /* finite: key c0 exists */
+        const float p = sc == -INFINITY ? 0.0f : expf(sc - m_new);
+        const float f = expf(m - m_new);
+        __syncthreads(); /* every score was read before sp holds probabilities */
+        sp[tid] = p;
+        l = l * f + block_reduce<false>(p, red); /* its barriers also publish sp */
+#pragma unroll
+        for (int u = 0; u < ATT_PAIRS; u++)
+            acc[u] = make_float2(acc[u].x * f, acc[u].y * f);
+        const int n = min(ATT_CHUNK, k1 - c0);
+#pragma unroll 4
+        for (int i = warp; i < n; i += ATT_WARPS) {
+            const float pi = sp[i];
+            const int key = c0 + i;
+#pragma unroll
+            for (int u = 0; u < ATT_PAIRS; u++) {
+                const int j = lane + 32 * u;
+                if (j < n_pairs) {
+                    const float2 v = __half22float2(V[(size_t)key * n_pairs + j]);
+                    acc[u].x += pi * v.x;
+                    acc[u].y += pi * v.y;
+                }
             }
         }
         m = m_new;
         __syncthreads(); /* sp is rewritten by the next chunk */
     }
-    float *o = out + (size_t)t * a.n_head * hd + (size_t)h * hd;
 #pragma unroll
-    for (int k = 0; k < ATT_MAX_HD / ATT_THREADS; k++) {
-        const int d = tid + k * ATT_THREADS;
-        if (d < hd)
-            o[d] = acc[k] / l;
+    for (int u = 0; u < ATT_PAIRS; u++) {
+        so[warp][2 * (lane + 32 * u)] = acc[u].x;
+        so[warp][2 * (lane + 32 * u) + 1] = acc[u].y;
+    }
+    __syncthreads();
+    for (int d = tid; d < hd; d += ATT_THREADS) {
+        float o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++)
+            o += so[w][d];
+        if (PARTIAL)
+            part_o[part * hd + d] = o;
+        else
+            out[(size_t)t * a.n_head * hd + (size_t)h * hd + d] = o / l;
+    }
+    if (PARTIAL && tid == 0)
+        part_ml[part] = make_float2(m, l);
+}
+
+/* Merge the key ranges of each (head, token): range s counts exp(m_s - M) times. */
+__global__ void attention_combine_kernel(const float *__restrict__ part_o, const float2 *__restrict__ part_ml,
+                                         int n_split, int hd, float *__restrict__ out) {
+    const int h = blockIdx.x, t = blockIdx.y, n_head = gridDim.x;
+    const size_t base = ((size_t)t * n_head + h) * n_split;
+    float M = -INFINITY;
+    for (int s = 0; s < n_split; s++)
+        if (part_ml[base + s].y > 0.0f)
+            M = fmaxf(M, part_ml[base + s].x);
+    float L = 0.0f;
+    for (int s = 0; s < n_split; s++) {
+        const float2 ml = part_ml[base + s];
+        if (ml.y > 0.0f)
+            L += expf(ml.x - M) * ml.y;
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0.0f;
+        for (int s = 0; s < n_split; s++) {
+            const float2 ml = part_ml[base + s];
+            if (ml.y > 0.0f) /* empty ranges hold no output, not even zeros */
+                o += expf(ml.x - M) * part_o[(base + s) * hd + d];
+        }
+        out[(size_t)t * n_head * hd + (size_t)h * hd + d] = o / L;
     }
 }
 
 cudaError_t l2_attention(cudaStream_t s, const float *qkv, int n_tokens, const int32_t *d_pos, l2_attn_shape a,
-                         float *out) {
-    if (a.head_dim > ATT_MAX_HD)
+                         l2_attn_split split, float *out) {
+    if (a.head_dim > 2 * 32 * ATT_PAIRS || a.head_dim % 2 != 0)
         return cudaErrorInvalidValue;
-    attention_kernel<<<dim3((unsigned)a.n_head, (unsigned)n_tokens), ATT_THREADS, 0, s>>>(qkv, d_pos, a, out);
+    if (split.n_split <= 1) {
+        attention_kernel<false><<<dim3((unsigned)a.n_head, (unsigned)n_tokens, 1), ATT_THREADS, 0, s>>>(
+            qkv, d_pos, a, a.n_ctx, out, NULL, NULL);
+        return launched();
+    }
+    attention_kernel<true><<<dim3((unsigned)a.n_head, (unsigned)n_tokens, (unsigned)split.n_split), ATT_THREADS, 0,
+                             s>>>(qkv, d_pos, a, split.keys_per_split, NULL, split.part_o, split.part_ml);
+    const cudaError_t e = launched();
+    if (e != cudaSuccess)
+        return e;
+    attention_combine_kernel<<<dim3((unsigned)a.n_head, (unsigned)n_tokens), 128, 0, s>>>(
+        split.part_o, split.part_ml, split.n_split, a.head_dim, out);
     return launched();
 }

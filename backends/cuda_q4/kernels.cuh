@@ -62,8 +62,18 @@ typedef struct {
 /* Rotate q and k of qkv ([t][q | k | v]) in place and store k, v at positions d_pos[0] + t. */
 cudaError_t l2_rope_store(cudaStream_t s, float *qkv, int n_tokens, const int32_t *d_pos, l2_attn_shape a);
 
+/* How attention divides the cache: n_split ranges of keys_per_split positions, each
+ * a block of its own, merged by a second kernel (flash-decoding: a single token
+ * otherwise has only n_head blocks). n_split <= 1: one block per (head, token) over
+ * every key. part_o: [tokens][n_head][n_split][head_dim], part_ml: [tokens][n_head][n_split]. */
+typedef struct {
+    int n_split, keys_per_split;
+    float *part_o;
+    float2 *part_ml;
+} l2_attn_split;
+
 /* Causal attention of each token's q over cached positions 0 .. d_pos[0] + t; out is [t][n_head * head_dim]. */
 cudaError_t l2_attention(cudaStream_t s, const float *qkv, int n_tokens, const int32_t *d_pos, l2_attn_shape a,
-                         float *out);
+                         l2_attn_split split, float *out);
 
 #endif
