@@ -580,11 +580,11 @@ cudaError_t l2_attention(cudaStream_t s, const float *qkv, int n_tokens, const i
         return cudaErrorInvalidValue;
     if (split.n_split <= 1) {
         attention_kernel<false><<<dim3((unsigned)a.n_head, (unsigned)n_tokens, 1), ATT_THREADS, 0, s>>>(
-            qkv, d_pos, a, a.n_ctx, out, NULL, NULL);
+            qkv, d_pos, a, a.n_ctx, out, nullptr, nullptr);
         return launched();
     }
     attention_kernel<true><<<dim3((unsigned)a.n_head, (unsigned)n_tokens, (unsigned)split.n_split), ATT_THREADS, 0,
-                             s>>>(qkv, d_pos, a, split.keys_per_split, NULL, split.part_o, split.part_ml);
+                             s>>>(qkv, d_pos, a, split.keys_per_split, nullptr, split.part_o, split.part_ml);
     const cudaError_t e = launched();
     if (e != cudaSuccess)
         return e;
