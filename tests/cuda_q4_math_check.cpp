@@ -4,7 +4,8 @@
 // usage: cuda_q4_math_check IN OUT
 // IN:  int32 type, rows, cols; the matrix in file (ggml) layout; cols float32 activations.
 // OUT: uint32 words[rows*nb*W]; uint32 scales[rows*nb]; float dequant[rows*cols];
-//      int8 xq[cols]; float (d, s)[nb]; float y[rows]; uint16 x_as_f16[cols].
+//      int8 xq[cols]; float (d, s)[nb]; float y[rows]; uint16 x_as_f16[cols];
+//      float y_float_act[rows] (the same products with float activations).
 // y is reduced the way a warp reduces it: lane l sums blocks l, l+32, ...,
 // then the 32 lane sums are combined in butterfly (xor-shuffle) order.
 #include "q4_math.h"
@@ -92,6 +93,19 @@ int main(int argc, char **argv) {
         y[(size_t)r] = lane_sum[0];
     }
 
+    std::vector<float> yf((size_t)rows);
+    for (int64_t r = 0; r < rows; r++) {
+        float lane_sum[32] = {0};
+        for (int lane = 0; lane < 32; lane++)
+            for (int64_t b = lane; b < nb; b += 32)
+                lane_sum[lane] += l2_dot_block_f32(dtype, &words[l2_word_index(r, b, nb, W)],
+                                                   scales[l2_scale_index(r, b, nb)], &x[(size_t)b * L2_QK]);
+        for (int off = 16; off > 0; off >>= 1)
+            for (int lane = 0; lane < off; lane++)
+                lane_sum[lane] += lane_sum[lane + off];
+        yf[(size_t)r] = lane_sum[0];
+    }
+
     std::vector<uint16_t> xh((size_t)cols);
     for (int64_t i = 0; i < cols; i++)
         xh[(size_t)i] = l2_f32_to_f16(x[(size_t)i]);
@@ -104,7 +118,7 @@ int main(int argc, char **argv) {
     bool ok = write_all(out, words.data(), words.size() * 4) && write_all(out, scales.data(), scales.size() * 4) &&
               write_all(out, deq.data(), deq.size() * 4) && write_all(out, xq.data(), xq.size() * 4) &&
               write_all(out, xds.data(), xds.size() * 4) && write_all(out, y.data(), y.size() * 4) &&
-              write_all(out, xh.data(), xh.size() * 2);
+              write_all(out, xh.data(), xh.size() * 2) && write_all(out, yf.data(), yf.size() * 4);
     ok = (fclose(out) == 0) && ok;
     return ok ? 0 : 1;
 }

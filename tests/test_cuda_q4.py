@@ -80,7 +80,7 @@ def test_block_math_matches_numpy(math_check: Path, tmp_path: Path, qtype: QT, r
 
     nb = cols // 32
     n_words = rows * nb * WORDS[qtype]
-    sizes = [n_words * 4, rows * nb * 4, rows * cols * 4, cols, nb * 8, rows * 4, cols * 2]
+    sizes = [n_words * 4, rows * nb * 4, rows * cols * 4, cols, nb * 8, rows * 4, cols * 2, rows * 4]
     blob = out.read_bytes()
     assert len(blob) == sum(sizes)
     parts, off = [], 0
@@ -93,6 +93,7 @@ def test_block_math_matches_numpy(math_check: Path, tmp_path: Path, qtype: QT, r
     xds = np.frombuffer(parts[4], np.float32).reshape(nb, 2)
     y = np.frombuffer(parts[5], np.float32).astype(np.float64)
     xh = np.frombuffer(parts[6], np.uint16)
+    y_float_act = np.frombuffer(parts[7], np.float32).astype(np.float64)
 
     want_words, want_scales = _expected_split(raw, qtype, rows, nb)
     np.testing.assert_array_equal(words, want_words)
@@ -124,6 +125,9 @@ def test_block_math_matches_numpy(math_check: Path, tmp_path: Path, qtype: QT, r
     assert np.max(np.abs(y - exact) / scale) < 1e-5
     full = w_ref @ x.astype(np.float64)
     assert np.linalg.norm(y - full) <= 2e-2 * np.linalg.norm(full)
+    # float activations: only float32 rounding
+    full_scale = np.abs(w_ref) @ np.abs(x.astype(np.float64)) + 1e-30
+    assert np.max(np.abs(y_float_act - full) / full_scale) < 1e-5
 
 
 def test_f16_conversion_edge_cases(math_check: Path, tmp_path: Path) -> None:
@@ -135,7 +139,7 @@ def test_f16_conversion_edge_cases(math_check: Path, tmp_path: Path) -> None:
     inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
     inp.write_bytes(np.array([int(QT.F32), 1, 64], np.int32).tobytes() + x.tobytes() + x.tobytes())
     subprocess.run([str(math_check), str(inp), str(out)], check=True)
-    xh = np.frombuffer(out.read_bytes()[-128:], np.uint16)
+    xh = np.frombuffer(out.read_bytes()[-128 - 4:-4], np.uint16)
     with np.errstate(over="ignore"):  # the overflow to inf is the case under test
         want = x.astype(np.float16)
     np.testing.assert_array_equal(xh, want.view(np.uint16))

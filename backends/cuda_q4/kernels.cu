@@ -157,10 +157,11 @@ cudaError_t l2_quantize(cudaStream_t s, l2_acts a, int n_tokens, int n) {
 /* Warp w of block k computes rows (k * L2_MV_WARPS + w) * R .. + R. Lane l takes
  * blocks l, l + 32, ...: each weight load is 16 bytes per lane, 512 contiguous
  * bytes per warp, and one activation block serves R rows. */
-template <int T, int EPI, int R>
+template <int T, int EPI, int R, bool FX>
 __global__ void __launch_bounds__(L2_MV_WARPS * 32)
     matvec_kernel(l2_dmat w, l2_acts in, float *__restrict__ y, l2_acts out) {
     constexpr int W = l2_words<T>::n;
+    constexpr bool FLOAT_X = FX || T == L2_T_F16; /* float activations rather than int8 */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row0 = (blockIdx.x * L2_MV_WARPS + warp) * R;
     float acc[R];
@@ -173,9 +174,9 @@ __global__ void __launch_bounds__(L2_MV_WARPS * 32)
 #pragma unroll 2
     for (int b = lane; b < w.nb; b += 32) {
         uint32_t xq[8] = {0};
-        float xf[T == L2_T_F16 ? L2_QK : 1];
+        float xf[FLOAT_X ? L2_QK : 1];
         float2 ds = make_float2(0.0f, 0.0f);
-        if constexpr (T == L2_T_F16) {
+        if constexpr (FLOAT_X) {
             const float4 *p = reinterpret_cast<const float4 *>(in.f + (size_t)b * L2_QK);
 #pragma unroll
             for (int i = 0; i < L2_QK / 4; i++) {
@@ -197,7 +198,10 @@ __global__ void __launch_bounds__(L2_MV_WARPS * 32)
             uint32_t wa[W];
             load_block<T>(w, rows[r], b, wa);
             const uint32_t sc = load_scale<T>(w, rows[r], b);
-            acc[r] += l2_dot_block(T, wa, sc, xq, ds.x, ds.y, xf);
+            if constexpr (FLOAT_X)
+                acc[r] += l2_dot_block_f32(T, wa, sc, xf);
+            else
+                acc[r] += l2_dot_block(T, wa, sc, xq, ds.x, ds.y, xf);
         }
     }
 #pragma unroll
@@ -213,27 +217,19 @@ __global__ void __launch_bounds__(L2_MV_WARPS * 32)
         }
         return;
     }
-    /* SwiGLU: rows (2i, 2i + 1) are (gate_i, up_i); the block's L2_MV_WARPS * R / 2 == 32
-     * outputs are one quantization block of the next matvec's input. */
-    __shared__ float h[L2_MV_WARPS * R / 2];
+    /* SwiGLU: rows (2i, 2i + 1) are (gate_i, up_i). The result stays float: the down
+     * projection reads float activations (q4_math.h says why). */
     if (lane == 0) {
 #pragma unroll
         for (int p = 0; p < R / 2; p++)
-            h[warp * (R / 2) + p] = silu(acc[2 * p]) * acc[2 * p + 1];
-    }
-    __syncthreads();
-    if (warp == 0) {
-        const int i = blockIdx.x * L2_QK + lane;
-        const float v = h[lane];
-        y[i] = v;
-        warp_quantize(v, reinterpret_cast<int8_t *>(out.q) + (size_t)blockIdx.x * L2_QK, out.ds + blockIdx.x);
+            y[row0 / 2 + p] = silu(acc[2 * p]) * acc[2 * p + 1];
     }
 }
 
-template <int T>
+template <int T, bool FX>
 static void matvec_launch(cudaStream_t s, l2_dmat w, l2_acts in, int epi, float *y, l2_acts out, int n_sm) {
     if (epi == L2_EPI_SWIGLU) {
-        matvec_kernel<T, L2_EPI_SWIGLU, 8><<<w.rows / (L2_MV_WARPS * 8), L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
+        matvec_kernel<T, L2_EPI_SWIGLU, 8, FX><<<w.rows / (L2_MV_WARPS * 8), L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
         return;
     }
     /* Four rows per warp reuse each activation load four times, but only when
@@ -243,25 +239,35 @@ static void matvec_launch(cudaStream_t s, l2_dmat w, l2_acts in, int epi, float 
     const bool wide = blocks4 >= 2 * n_sm;
     if (epi == L2_EPI_ADD) {
         if (wide)
-            matvec_kernel<T, L2_EPI_ADD, 4><<<blocks4, L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
+            matvec_kernel<T, L2_EPI_ADD, 4, FX><<<blocks4, L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
         else
-            matvec_kernel<T, L2_EPI_ADD, 1><<<blocks1, L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
+            matvec_kernel<T, L2_EPI_ADD, 1, FX><<<blocks1, L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
     } else {
         if (wide)
-            matvec_kernel<T, L2_EPI_STORE, 4><<<blocks4, L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
+            matvec_kernel<T, L2_EPI_STORE, 4, FX><<<blocks4, L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
         else
-            matvec_kernel<T, L2_EPI_STORE, 1><<<blocks1, L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
+            matvec_kernel<T, L2_EPI_STORE, 1, FX><<<blocks1, L2_MV_WARPS * 32, 0, s>>>(w, in, y, out);
     }
 }
 
-cudaError_t l2_matvec(cudaStream_t s, l2_dmat w, l2_acts in, int epi, float *y, l2_acts out, int n_sm) {
+template <int T>
+static void matvec_type(cudaStream_t s, l2_dmat w, l2_acts in, int epi, int float_act, float *y, l2_acts out,
+                        int n_sm) {
+    if (float_act && T != L2_T_F16)
+        matvec_launch<T, true>(s, w, in, epi, y, out, n_sm);
+    else
+        matvec_launch<T, false>(s, w, in, epi, y, out, n_sm);
+}
+
+cudaError_t l2_matvec(cudaStream_t s, l2_dmat w, l2_acts in, int epi, int float_act, float *y, l2_acts out,
+                      int n_sm) {
     if (epi == L2_EPI_SWIGLU && w.rows % (L2_MV_WARPS * 8) != 0)
         return cudaErrorInvalidValue;
     switch (w.type) {
-    case L2_T_Q4_0: matvec_launch<L2_T_Q4_0>(s, w, in, epi, y, out, n_sm); break;
-    case L2_T_Q4_1: matvec_launch<L2_T_Q4_1>(s, w, in, epi, y, out, n_sm); break;
-    case L2_T_Q8_0: matvec_launch<L2_T_Q8_0>(s, w, in, epi, y, out, n_sm); break;
-    case L2_T_F16: matvec_launch<L2_T_F16>(s, w, in, epi, y, out, n_sm); break;
+    case L2_T_Q4_0: matvec_type<L2_T_Q4_0>(s, w, in, epi, float_act, y, out, n_sm); break;
+    case L2_T_Q4_1: matvec_type<L2_T_Q4_1>(s, w, in, epi, float_act, y, out, n_sm); break;
+    case L2_T_Q8_0: matvec_type<L2_T_Q8_0>(s, w, in, epi, float_act, y, out, n_sm); break;
+    case L2_T_F16: matvec_type<L2_T_F16>(s, w, in, epi, float_act, y, out, n_sm); break;
     default: return cudaErrorInvalidValue;
     }
     return launched();

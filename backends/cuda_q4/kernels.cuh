@@ -32,7 +32,7 @@ typedef struct {
 enum {
     L2_EPI_STORE = 0,  /* y = W x */
     L2_EPI_ADD = 1,    /* y += W x (the residual stream) */
-    L2_EPI_SWIGLU = 2  /* rows interleave gate and up: y[i] = silu(g_i) u_i, also quantized */
+    L2_EPI_SWIGLU = 2  /* rows interleave gate and up: y[i] = silu(g_i) u_i */
 };
 
 /* x[t] = row tokens[t] of the embedding table, dequantized. */
@@ -44,9 +44,10 @@ cudaError_t l2_rmsnorm(cudaStream_t s, const float *x, const float *w, int n_tok
 /* Quantize a.f of n_tokens rows of length n into a.q, a.ds. */
 cudaError_t l2_quantize(cudaStream_t s, l2_acts a, int n_tokens, int n);
 
-/* One token: y (+)= W x. in must hold x quantized (and as float for F16 weights).
- * SWIGLU writes y = out.f (rows / 2 values) and out.q, out.ds. */
-cudaError_t l2_matvec(cudaStream_t s, l2_dmat w, l2_acts in, int epi, float *y, l2_acts out, int n_sm);
+/* One token: y (+)= W x, from in.q/in.ds (int8 activations, dp4a) or, with float_act
+ * (and always for F16 weights), from in.f. SWIGLU writes rows / 2 values to y. */
+cudaError_t l2_matvec(cudaStream_t s, l2_dmat w, l2_acts in, int epi, int float_act, float *y, l2_acts out,
+                      int n_sm);
 
 /* n_tokens tokens: Y[t] (+)= W X[t] with fp16 tensor cores on dequantized tiles.
  * X is [n_tokens][w.nb * 32] float; Y rows have ldy floats. SWIGLU writes rows / 2 per token. */
