@@ -269,15 +269,34 @@ L2_HD float l2_dot_f16(const uint32_t w[16], const float x[32]) {
 
 /* ---- float-activation dot products of one block --------------------------- */
 
-/* Byte k of w minus offset, exactly, as a float. On the GPU: the byte goes into
- * the mantissa of 2^23 (one PRMT) and one FADD removes 2^23 + offset, avoiding
- * the slow integer-to-float conversion. */
-L2_HD float l2_byte_f(uint32_t w, int k, float offset) {
+/* PRMT: byte i of the result is byte (s >> 4i) & 7 of the 8 bytes {x, y}. */
+L2_HD uint32_t l2_prmt(uint32_t x, uint32_t y, uint32_t s) {
 #ifdef __CUDA_ARCH__
-    return __int_as_float((int)__byte_perm(w, 0x4b000000u, 0x7540u | (unsigned)k)) - (8388608.0f + offset);
+    return __byte_perm(x, y, s);
 #else
-    return (float)((w >> (8 * k)) & 0xffu) - offset;
+    const uint64_t xy = (uint64_t)x | ((uint64_t)y << 32);
+    uint32_t r = 0;
+    for (int i = 0; i < 4; i++)
+        r |= (uint32_t)((xy >> (8 * ((s >> (4 * i)) & 7u))) & 0xffu) << (8 * i);
+    return r;
 #endif
+}
+
+L2_HD float l2_bits_to_f32(uint32_t u) {
+#ifdef __CUDA_ARCH__
+    return __uint_as_float(u);
+#else
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+#endif
+}
+
+/* Byte k of w minus offset, exactly, as a float: the byte goes into the
+ * mantissa of 2^23 (one PRMT) and one FADD removes 2^23 + offset, avoiding the
+ * slow integer-to-float conversion. Host and device run the same steps. */
+L2_HD float l2_byte_f(uint32_t w, int k, float offset) {
+    return l2_bits_to_f32(l2_prmt(w, 0x4b000000u, 0x7540u | (uint32_t)k)) - (8388608.0f + offset);
 }
 
 /* Q4 weights against float activations: no activation rounding at all. The
