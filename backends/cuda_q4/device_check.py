@@ -23,37 +23,46 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from llama2.convert.gguf_writer import GGMLType, LlamaHParams, TensorData, write_llama_gguf
-from llama2.convert.synthetic import synthetic_llama_tokenizer, write_random_llama
 
-import llama2
-from llama2.errors import BackendUnavailableError
+if TYPE_CHECKING:  # the rest is imported where used: `record` and `table` run before llama2 is built
+    from llama2.convert.gguf_writer import LlamaHParams
+
+    import llama2
 
 BACKEND = "cuda_q4"
 SKIP_EXIT = 2
 
-# Several shapes: MHA, GQA with tied embeddings and a large rope base, MQA with partial
-# rotary dims, SmolLM2's own shape, and a prompt longer than one prefill chunk (256).
-LOGIT_CASES: list[tuple[str, LlamaHParams, str, bool, int]] = [
-    ("mha", LlamaHParams(n_vocab=320, n_embd=64, n_layer=2, n_head=4, n_head_kv=4, n_ff=160), "Q4_0", False, 12),
-    ("gqa-tied", LlamaHParams(n_vocab=384, n_embd=96, n_layer=3, n_head=6, n_head_kv=2, n_ff=224,
-                              rope_freq_base=100000.0), "Q4_1", True, 12),
-    ("mqa-rot16", LlamaHParams(n_vocab=300, n_embd=128, n_layer=2, n_head=4, n_head_kv=1, n_ff=96, n_rot=16,
-                               rms_eps=1e-6), "Q4_0", False, 12),
-    ("smollm2-shape", LlamaHParams(n_vocab=512, n_embd=576, n_layer=2, n_head=9, n_head_kv=3, n_ff=1536,
-                                   rope_freq_base=100000.0), "Q4_1", False, 40),
-    ("long-prompt", LlamaHParams(n_vocab=320, n_embd=256, n_layer=2, n_head=2, n_head_kv=1, n_ff=512),
-     "Q4_0", False, 300),
-    # the other file types run too: Q8_0 and F16 as they are, F32 converted to F16 at upload
-    ("small", LlamaHParams(n_vocab=320, n_embd=64, n_layer=2, n_head=2, n_head_kv=2, n_ff=64), "Q8_0", False, 9),
-    ("small", LlamaHParams(n_vocab=320, n_embd=64, n_layer=2, n_head=2, n_head_kv=2, n_ff=64), "F16", False, 9),
-    ("small-tied", LlamaHParams(n_vocab=320, n_embd=64, n_layer=2, n_head=2, n_head_kv=2, n_ff=64), "F32", True, 9),
-]
+def logit_cases() -> list[tuple[str, LlamaHParams, str, bool, int]]:
+    """Several shapes: MHA, GQA with tied embeddings and a large rope base, MQA with
+    partial rotary dims, SmolLM2's own shape, a prompt longer than one prefill chunk
+    (256), and the other file types (Q8_0, F16 as they are, F32 converted to F16)."""
+    from llama2.convert.gguf_writer import LlamaHParams as H
 
-LLAMA_7B = LlamaHParams(n_vocab=32000, n_embd=4096, n_layer=32, n_head=32, n_head_kv=32, n_ff=11008)
-LLAMA_TINY = LlamaHParams(n_vocab=320, n_embd=256, n_layer=2, n_head=4, n_head_kv=4, n_ff=512)
+    small = H(n_vocab=320, n_embd=64, n_layer=2, n_head=2, n_head_kv=2, n_ff=64)
+    return [
+        ("mha", H(n_vocab=320, n_embd=64, n_layer=2, n_head=4, n_head_kv=4, n_ff=160), "Q4_0", False, 12),
+        ("gqa-tied", H(n_vocab=384, n_embd=96, n_layer=3, n_head=6, n_head_kv=2, n_ff=224,
+                       rope_freq_base=100000.0), "Q4_1", True, 12),
+        ("mqa-rot16", H(n_vocab=300, n_embd=128, n_layer=2, n_head=4, n_head_kv=1, n_ff=96, n_rot=16,
+                        rms_eps=1e-6), "Q4_0", False, 12),
+        ("smollm2-shape", H(n_vocab=512, n_embd=576, n_layer=2, n_head=9, n_head_kv=3, n_ff=1536,
+                            rope_freq_base=100000.0), "Q4_1", False, 40),
+        ("long-prompt", H(n_vocab=320, n_embd=256, n_layer=2, n_head=2, n_head_kv=1, n_ff=512), "Q4_0", False, 300),
+        ("small", small, "Q8_0", False, 9),
+        ("small", small, "F16", False, 9),
+        ("small-tied", small, "F32", True, 9),
+    ]
+
+
+def bench_shape(shape: str) -> LlamaHParams:
+    from llama2.convert.gguf_writer import LlamaHParams as H
+
+    if shape == "7b":
+        return H(n_vocab=32000, n_embd=4096, n_layer=32, n_head=32, n_head_kv=32, n_ff=11008)
+    return H(n_vocab=320, n_embd=256, n_layer=2, n_head=4, n_head_kv=4, n_ff=512)
 
 
 @dataclass
@@ -68,6 +77,9 @@ class DeviceUnavailable(Exception):
 
 
 def load_on_device(path: Path, n_ctx: int) -> llama2.Model:
+    import llama2
+    from llama2.errors import BackendUnavailableError
+
     try:
         return llama2.load(path, backend=BACKEND, n_ctx=n_ctx)
     except BackendUnavailableError as exc:
@@ -128,8 +140,11 @@ def check_logits(path: str | os.PathLike[str], n_prompt: int = 12, n_decode: int
 
 
 def run_logits(workdir: Path) -> list[Row]:
+    from llama2.convert.gguf_writer import GGMLType
+    from llama2.convert.synthetic import write_random_llama
+
     rows = []
-    for name, hp, qtype, tied, n_prompt in LOGIT_CASES:
+    for name, hp, qtype, tied, n_prompt in logit_cases():
         path = workdir / f"{name}-{qtype}.gguf"
         write_random_llama(path, hp, qtype=GGMLType[qtype], seed=len(rows), tied_output=tied)
         r = check_logits(path, n_prompt=n_prompt)
@@ -142,6 +157,8 @@ def run_logits(workdir: Path) -> list[Row]:
 
 def greedy_smollm2(path: str | os.PathLike[str], n_tokens: int = 24) -> tuple[str, str]:
     """Greedy continuation of the issue's prompt on the GPU, and how it compares with cpu_f32."""
+    import llama2
+
     prompt = "The capital of France is"
     with load_on_device(Path(path), 256) as model:
         text = "".join(model.generate(prompt, max_tokens=n_tokens, temperature=0))
@@ -165,7 +182,10 @@ def run_smollm2(path: str | None) -> list[Row]:
 
 def run_memcheck(workdir: Path) -> None:
     """Prefill and decode on a tiny model: the work compute-sanitizer watches."""
-    hp = LOGIT_CASES[1][1]
+    from llama2.convert.gguf_writer import GGMLType
+    from llama2.convert.synthetic import write_random_llama
+
+    hp = logit_cases()[1][1]
     path = workdir / "memcheck.gguf"
     write_random_llama(path, hp, qtype=GGMLType.Q4_1, seed=3, tied_output=True)
     with load_on_device(path, 320) as model, model.session() as s:
@@ -184,12 +204,15 @@ def write_random_q4_0(path: Path, hp: LlamaHParams, seed: int = 0) -> Path:
     Scales are chosen so weights have standard deviation about 1/sqrt(row length),
     which keeps activations finite through the layers.
     """
+    from llama2.convert.gguf_writer import GGMLType, TensorData, write_llama_gguf
+    from llama2.convert.synthetic import synthetic_llama_tokenizer
+
     from llama2.model_file import _layer_tensors
 
     rng = np.random.default_rng(seed)
     shapes = {**_layer_tensors(hp), "output.weight": (hp.n_embd, hp.n_vocab)}
 
-    def tensors() -> Iterator[TensorData]:
+    def tensors() -> Iterator[Any]:
         for name, ne in shapes.items():
             shape = tuple(reversed(ne))
             if len(ne) == 1:
@@ -230,7 +253,7 @@ def device_bandwidth() -> float:
 
 
 def run_bench(workdir: Path, shape: str) -> list[Row]:
-    hp = LLAMA_7B if shape == "7b" else LLAMA_TINY
+    hp = bench_shape(shape)
     path = workdir / f"random-{shape}-q4_0.gguf"
     t0 = time.perf_counter()
     write_random_q4_0(path, hp)

@@ -57,19 +57,25 @@ __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
 template <int T> struct l2_words { static constexpr int n = T == L2_T_F16 ? 16 : T == L2_T_Q8_0 ? 8 : 4; };
 
-/* The payload of block b of row r into registers, as 16-byte loads. */
-template <int T>
-__device__ __forceinline__ void load_block(const l2_dmat &w, int r, int b, uint32_t *out) {
-    constexpr int W = l2_words<T>::n;
-    const uint4 *p = reinterpret_cast<const uint4 *>(w.words + l2_word_index(r, b, w.nb, W));
+/* N 32-bit values (words or floats) from src into registers, as 16-byte loads. */
+template <int N, typename E, typename V>
+__device__ __forceinline__ void load16(const E *src, E *out) {
+    const V *p = reinterpret_cast<const V *>(src);
 #pragma unroll
-    for (int i = 0; i < W / 4; i++) {
-        const uint4 v = __ldg(p + i);
+    for (int i = 0; i < N / 4; i++) {
+        const V v = __ldg(p + i);
         out[4 * i] = v.x;
         out[4 * i + 1] = v.y;
         out[4 * i + 2] = v.z;
         out[4 * i + 3] = v.w;
     }
+}
+
+/* The payload of block b of row r into registers. */
+template <int T>
+__device__ __forceinline__ void load_block(const l2_dmat &w, int r, int b, uint32_t *out) {
+    constexpr int W = l2_words<T>::n;
+    load16<W, uint32_t, uint4>(w.words + l2_word_index(r, b, w.nb, W), out);
 }
 
 /* The scale of block b of row r, widened to the 32 bits q4_math.h takes. */
@@ -177,20 +183,9 @@ __global__ void __launch_bounds__(L2_MV_WARPS * 32)
         float xf[FLOAT_X ? L2_QK : 1];
         float2 ds = make_float2(0.0f, 0.0f);
         if constexpr (FLOAT_X) {
-            const float4 *p = reinterpret_cast<const float4 *>(in.f + (size_t)b * L2_QK);
-#pragma unroll
-            for (int i = 0; i < L2_QK / 4; i++) {
-                const float4 v = __ldg(p + i);
-                xf[4 * i] = v.x;
-                xf[4 * i + 1] = v.y;
-                xf[4 * i + 2] = v.z;
-                xf[4 * i + 3] = v.w;
-            }
+            load16<L2_QK, float, float4>(in.f + (size_t)b * L2_QK, xf);
         } else {
-            const uint4 *p = reinterpret_cast<const uint4 *>(in.q + (size_t)b * 8);
-            const uint4 a = __ldg(p), c = __ldg(p + 1);
-            xq[0] = a.x, xq[1] = a.y, xq[2] = a.z, xq[3] = a.w;
-            xq[4] = c.x, xq[5] = c.y, xq[6] = c.z, xq[7] = c.w;
+            load16<8, uint32_t, uint4>(in.q + (size_t)b * 8, xq);
             ds = __ldg(in.ds + b);
         }
 #pragma unroll
@@ -253,7 +248,9 @@ static void matvec_launch(cudaStream_t s, l2_dmat w, l2_acts in, int epi, float 
 template <int T>
 static void matvec_type(cudaStream_t s, l2_dmat w, l2_acts in, int epi, int float_act, float *y, l2_acts out,
                         int n_sm) {
-    if (float_act && T != L2_T_F16)
+    if constexpr (T == L2_T_F16) /* always float activations: one instantiation */
+        matvec_launch<T, false>(s, w, in, epi, y, out, n_sm);
+    else if (float_act)
         matvec_launch<T, true>(s, w, in, epi, y, out, n_sm);
     else
         matvec_launch<T, false>(s, w, in, epi, y, out, n_sm);
@@ -317,12 +314,7 @@ __global__ void __launch_bounds__(128) gemm_kernel(l2_dmat w, const float *__res
              * the register array is indexed by constants (no local memory) */
             constexpr int HW = l2_words<T>::n / 2;
             uint32_t wa[HW];
-            const uint4 *p = reinterpret_cast<const uint4 *>(w.words + l2_word_index(a_row, b, w.nb, 2 * HW) + hf * HW);
-#pragma unroll
-            for (int i = 0; i < HW / 4; i++) {
-                const uint4 v = __ldg(p + i);
-                wa[4 * i] = v.x, wa[4 * i + 1] = v.y, wa[4 * i + 2] = v.z, wa[4 * i + 3] = v.w;
-            }
+            load16<HW, uint32_t, uint4>(w.words + l2_word_index(a_row, b, w.nb, 2 * HW) + hf * HW, wa);
 #pragma unroll
             for (int i = 0; i < 16; i++)
                 As[lr][hf * 16 + i] = __float2half(l2_dequant(T, wa, sc, i));
