@@ -1,5 +1,6 @@
-/* CPU stand-in for nvcuda::wmma (tests only): every thread of the warp holds the
- * whole 16x16 tile; loads and products are computed by each, stores by lane 0. */
+/* CPU stand-in for nvcuda::wmma (tests only): lane 0 of the warp holds the whole
+ * 16x16 tile and does the loads, products and stores; the other lanes' fragments
+ * are never read, since every operation is collective. */
 #ifndef L2EMU_MMA_H
 #define L2EMU_MMA_H
 #include "cuda_runtime.h"
@@ -24,6 +25,8 @@ template <typename F> inline void fill_fragment(F &f, float v) {
 
 /* A (row-major, element (i, k) at p[i * ldm + k]) */
 inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, __half, row_major> &f, const __half *p, unsigned ldm) {
+    if ((threadIdx.x & 31) != 0)
+        return;
     for (int i = 0; i < 16; i++)
         for (int k = 0; k < 16; k++)
             f.x[i * 16 + k] = __half2float(p[i * ldm + k]);
@@ -31,6 +34,8 @@ inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, __half, row_major> &
 
 /* B (column-major, element (k, j) at p[j * ldm + k]) */
 inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, __half, col_major> &f, const __half *p, unsigned ldm) {
+    if ((threadIdx.x & 31) != 0)
+        return;
     for (int k = 0; k < 16; k++)
         for (int j = 0; j < 16; j++)
             f.x[k * 16 + j] = __half2float(p[j * ldm + k]);
@@ -39,6 +44,8 @@ inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, __half, col_major> &
 inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const fragment<matrix_a, 16, 16, 16, __half, row_major> &a,
                      const fragment<matrix_b, 16, 16, 16, __half, col_major> &b,
                      const fragment<accumulator, 16, 16, 16, float> &c) {
+    if ((threadIdx.x & 31) != 0)
+        return;
     float r[256];
     for (int i = 0; i < 16; i++)
         for (int j = 0; j < 16; j++) {
