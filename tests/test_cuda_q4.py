@@ -309,6 +309,7 @@ def _run_emulated(lib_dir: Path, code: str, **env: str) -> str:
 EMU_CASES = [("mha", "Q4_0", False, 6), ("gqa", "Q4_1", True, 5), ("mqa_rot", "Q8_0", False, 4)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("shape", "qtype", "tied", "n_prompt"), EMU_CASES, ids=[c[0] + "-" + c[1] for c in EMU_CASES])
 def test_emulated_backend_matches_reference(emulated_library: Path, tiny_model, shape: str, qtype: str, tied: bool,
                                             n_prompt: int) -> None:
@@ -324,11 +325,21 @@ def test_emulated_backend_matches_reference(emulated_library: Path, tiny_model, 
 
 
 def test_emulated_memory_plan_says_what_does_not_fit(emulated_library: Path, tiny_model) -> None:
+    """Weights, then a context, against the free memory the (emulated) device reports."""
     code = ("import llama2\n"
-            f"try:\n    llama2.load({str(tiny_model('mha', 'Q4_0'))!r}, backend='cuda_q4', n_ctx=64)\n"
-            "except llama2.BackendError as e:\n    print(e)\n")
+            f"path = {str(tiny_model('mha', 'Q4_0'))!r}\n"
+            "for n_ctx in (64, 4096):\n"
+            "    try:\n"
+            "        llama2.load(path, backend='cuda_q4', n_ctx=n_ctx).session()\n"
+            "        print('loaded')\n"
+            "    except llama2.BackendError as e:\n"
+            "        print(e)\n")
     out = _run_emulated(emulated_library, code, L2EMU_FREE_MIB="1")
-    assert "needs" in out and "MiB free" in out, out
+    assert "the weights need" in out and "1 MiB free" in out, out
+    # 65 MiB: the weights fit (64 MiB is kept in reserve), a 64-token context too, 4096 tokens do not
+    out = _run_emulated(emulated_library, code, L2EMU_FREE_MIB="65").splitlines()
+    assert out[0] == "loaded", out
+    assert "a context of 4096 tokens needs" in out[1] and "use a smaller n_ctx" in out[1], out
 
 
 # ---- on a GPU: the checks of device_check.py, as tests ---------------------------------------------
