@@ -16,6 +16,9 @@
 # .devcarry/smollm2.part2 and .whl, with /tmp/smollm2.gguf as SMOLLM2: the
 # halves are joined here. Without SmolLM2 that row says SKIP.
 #
+# Run --prepare in the checkout that the device tool sends (the session's own,
+# not a helper's worktree): .whl and .devcarry must be inside it to travel.
+#
 # Results: $OUT/results.json (default /tmp/cuda_q4_check), and the log on stdout.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,7 +30,7 @@ if [ "${1:-}" = "--prepare" ]; then
   set -e
   mkdir -p .whl .devcarry
   grep -qx '/.devcarry/' .git/info/exclude 2>/dev/null || echo '/.devcarry/' >> "$(git rev-parse --git-path info/exclude)"
-  for pkg in cffi==2.0.0 gguf==0.19.0 pycparser; do
+  for pkg in cffi==2.0.0 gguf==0.19.0 pycparser==3.00; do
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
       --platform any -d .whl "$pkg"
