@@ -253,7 +253,12 @@ def device_bandwidth() -> float:
 
 
 def run_bench(workdir: Path, shape: str) -> list[Row]:
+    from llama2 import plugins
+
     hp = bench_shape(shape)
+    ok, why = plugins.backends()[BACKEND].probe()
+    if not ok and shape == "7b":  # not worth writing 3.8 GB to learn that
+        raise DeviceUnavailable(f"backend {BACKEND} is not usable here: {why}")
     path = workdir / f"random-{shape}-q4_0.gguf"
     t0 = time.perf_counter()
     write_random_q4_0(path, hp)

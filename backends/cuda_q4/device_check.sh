@@ -50,6 +50,8 @@ OUT=${OUT:-/tmp/cuda_q4_check}
 mkdir -p "$OUT"
 rm -f "$OUT/results.json"
 record() { $PY $CHECK record "$OUT" "$1" "$2" "$3"; }
+# a step that exits 1 recorded its FAIL rows and 2 its SKIP row; anything else (124: timeout) did not
+failed() { [ "$2" -le 2 ] || record "$1" FAIL "exit status $2 (124: timed out)"; }
 T0=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
 
@@ -88,9 +90,9 @@ $PY -c 'import llama2; b = llama2.list_backends()["cuda_q4"]; print("probe:", b.
 
 # ---- 2. correctness
 stamp "logits against the reference"
-timeout 150 $PY $CHECK logits --out "$OUT" || record logits FAIL "exit status $? (timeout is 124)"
+timeout 150 $PY $CHECK logits --out "$OUT"; failed logits $?
 stamp "SmolLM2 greedy"
-timeout 90 $PY $CHECK smollm2 ${SMOL:+"$SMOL"} --out "$OUT" || record smollm2 FAIL "exit status $?"
+timeout 90 $PY $CHECK smollm2 ${SMOL:+"$SMOL"} --out "$OUT"; failed smollm2 $?
 
 # ---- 3. compute-sanitizer on a tiny model (prefill in two chunks, decode graph, truncate)
 for tool in memcheck racecheck; do
@@ -112,7 +114,7 @@ done
 
 # ---- 4. speed: 7B-shaped random Q4_0 (3.8 GB), decode and a 512-token prefill
 stamp "7B Q4_0 speed"
-timeout 180 $PY $CHECK bench --out "$OUT" --workdir /tmp || record bench FAIL "exit status $?"
+timeout 180 $PY $CHECK bench --out "$OUT" --workdir /tmp; failed bench $?
 
 stamp "done"
 nvidia-smi --query-gpu=name --format=csv,noheader | sed 's/^/card: /'
