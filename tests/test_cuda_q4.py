@@ -306,19 +306,21 @@ def _run_emulated(lib_dir: Path, code: str, **env: str) -> str:
     return done.stdout
 
 
-EMU_CASES = [("mha", "Q4_0", False, 6), ("gqa", "Q4_1", True, 5), ("mqa_rot", "Q8_0", False, 4)]
+# split_keys 4: decode attention over several key ranges merged by the second kernel
+EMU_CASES = [("mha", "Q4_0", False, 6, 4), ("gqa", "Q4_1", True, 5, 0), ("mqa_rot", "Q8_0", False, 4, 3)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("shape", "qtype", "tied", "n_prompt"), EMU_CASES, ids=[c[0] + "-" + c[1] for c in EMU_CASES])
+@pytest.mark.parametrize(("shape", "qtype", "tied", "n_prompt", "split_keys"), EMU_CASES,
+                         ids=[c[0] + "-" + c[1] for c in EMU_CASES])
 def test_emulated_backend_matches_reference(emulated_library: Path, tiny_model, shape: str, qtype: str, tied: bool,
-                                            n_prompt: int) -> None:
+                                            n_prompt: int, split_keys: int) -> None:
     """Prefill (GEMM), decode (graph replay and direct launches) against the float64 reference."""
     path = tiny_model(shape, qtype, tied=tied)
     out = _run_emulated(emulated_library, (
         "from llama2.backends.cuda_q4 import device_check as d\n"
         f"r = d.check_logits({str(path)!r}, n_prompt={n_prompt}, n_decode=3)\n"
-        "print(r.max_rel_err, r.graph_vs_direct)"))
+        "print(r.max_rel_err, r.graph_vs_direct)"), LLAMA2_CUDA_SPLIT_KEYS=str(split_keys))
     err, graph_diff = (float(v) for v in out.split())
     assert err < 2e-3, out  # fp16 KV cache and fp16 prefill tiles; float activations in decode
     assert graph_diff == 0.0

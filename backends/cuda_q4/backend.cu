@@ -504,9 +504,12 @@ static void place_context(llama2_context *c, placer *p) {
     c->xn = place_acts(p, ub, E);
     c->att = place_acts(p, ub, E);
     c->h = place_acts(p, ub, m->n_ff);
-    /* ranges of at least 128 keys (one pass of the kernel), at most 64 of them */
+    /* ranges of at least 128 keys (one pass of the kernel), at most 64 of them;
+     * LLAMA2_CUDA_SPLIT_KEYS sets the range length (tuning, and tests on tiny contexts) */
     const int per = (c->n_ctx + 63) / 64;
-    c->split.keys_per_split = per <= 128 ? 128 : (per + 127) / 128 * 128;
+    const char *env = getenv("LLAMA2_CUDA_SPLIT_KEYS");
+    const int forced = env && *env ? atoi(env) : 0;
+    c->split.keys_per_split = forced > 0 ? forced : per <= 128 ? 128 : (per + 127) / 128 * 128;
     c->split.n_split = (c->n_ctx + c->split.keys_per_split - 1) / c->split.keys_per_split;
     c->split.part_o = (float *)place(p, (uint64_t)m->n_head * (uint64_t)c->split.n_split * (uint64_t)m->head_dim * 4u);
     c->split.part_ml = (float2 *)place(p, (uint64_t)m->n_head * (uint64_t)c->split.n_split * sizeof(float2));
