@@ -8,7 +8,7 @@ Weights use GGUF tensor names and PyTorch shapes ([out, in]).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +63,8 @@ class ReferenceLlama:
         self.w = {k: torch.as_tensor(np.asarray(v)).to(dtype) for k, v in weights.items()}
         if "output.weight" not in self.w:  # tied embeddings
             self.w["output.weight"] = self.w["token_embd.weight"]
+        # called with (weight name, input rows) before every matmul; calibration collects statistics here
+        self.observer: Callable[[str, torch.Tensor], None] | None = None
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
         self.n_past = 0
@@ -74,6 +76,11 @@ class ReferenceLlama:
         self.k_cache = [torch.empty(shape, dtype=self.dtype) for _ in range(cfg.n_layer)]
         self.v_cache = [torch.empty(shape, dtype=self.dtype) for _ in range(cfg.n_layer)]
         self.n_past = 0
+
+    def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer(name, x)
+        return x @ self.w[name].T
 
     @torch.no_grad()
     def eval(self, tokens: list[int]) -> np.ndarray:
@@ -87,9 +94,9 @@ class ReferenceLlama:
         for i in range(cfg.n_layer):
             p = f"blk.{i}."
             h = rms_norm(x, w[p + "attn_norm.weight"], cfg.rms_eps)
-            q = (h @ w[p + "attn_q.weight"].T).view(n, cfg.n_head, hd)
-            k = (h @ w[p + "attn_k.weight"].T).view(n, cfg.n_head_kv, hd)
-            v = (h @ w[p + "attn_v.weight"].T).view(n, cfg.n_head_kv, hd)
+            q = self.linear(h, p + "attn_q.weight").view(n, cfg.n_head, hd)
+            k = self.linear(h, p + "attn_k.weight").view(n, cfg.n_head_kv, hd)
+            v = self.linear(h, p + "attn_v.weight").view(n, cfg.n_head_kv, hd)
             q = rotary(q, positions, n_rot, cfg.rope_freq_base)
             k = rotary(k, positions, n_rot, cfg.rope_freq_base)
             self.k_cache[i] = torch.cat([self.k_cache[i], k])
@@ -103,13 +110,13 @@ class ReferenceLlama:
             scores = scores.masked_fill(mask[None], float("-inf"))
             attn = torch.softmax(scores, dim=-1)
             out = torch.einsum("hqk,khd->qhd", attn, values).reshape(n, cfg.n_embd)
-            x = x + out @ w[p + "attn_output.weight"].T
+            x = x + self.linear(out, p + "attn_output.weight")
             h = rms_norm(x, w[p + "ffn_norm.weight"], cfg.rms_eps)
-            gate = torch.nn.functional.silu(h @ w[p + "ffn_gate.weight"].T)
-            x = x + (gate * (h @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
+            gate = torch.nn.functional.silu(self.linear(h, p + "ffn_gate.weight"))
+            x = x + self.linear(gate * self.linear(h, p + "ffn_up.weight"), p + "ffn_down.weight")
         self.n_past += n
         x = rms_norm(x, w["output_norm.weight"], cfg.rms_eps)
-        return (x @ w["output.weight"].T).numpy()
+        return self.linear(x, "output.weight").numpy()
 
 
 def reference_from_gguf(path: str, dtype: torch.dtype = torch.float64) -> ReferenceLlama:

@@ -84,35 +84,46 @@ class _BaseTokenizer:
                 raise ValueError(f"token id {i} is outside the vocabulary of {self.n_vocab} tokens")
 
 
+def sentencepiece_model_proto(tokens: list[str], scores: list[float], types: list[int], *, unk_id: int | None,
+                              bos_id: int | None, eos_id: int | None, add_space_prefix: bool = True) -> bytes:
+    """A serialized sentencepiece ModelProto (BPE with byte fallback, as LLaMA's) for a GGUF vocabulary:
+    what tokenizer.model holds."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.trainer_spec.model_type = pb.TrainerSpec.BPE
+    proto.trainer_spec.vocab_size = len(tokens)
+    proto.trainer_spec.byte_fallback = True
+    proto.trainer_spec.unk_id = unk_id if unk_id is not None else -1
+    proto.trainer_spec.bos_id = bos_id if bos_id is not None else -1
+    proto.trainer_spec.eos_id = eos_id if eos_id is not None else -1
+    proto.trainer_spec.pad_id = -1
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = add_space_prefix
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    proto.normalizer_spec.escape_whitespaces = True
+    for piece, score, kind in zip(tokens, scores, types, strict=True):
+        p = proto.pieces.add()
+        p.piece = piece
+        p.score = float(score)
+        p.type = kind if kind in (1, 2, 3, 4, 5, 6) else TOKEN_NORMAL
+    return proto.SerializeToString()
+
+
 class SentencePieceTokenizer(_BaseTokenizer):
     """LLaMA-2's tokenizer: sentencepiece BPE with byte fallback."""
 
     def __init__(self, tokens: list[str], scores: list[float], types: list[int], meta: dict[str, Any]) -> None:
         super().__init__(tokens, types, meta)
         import sentencepiece as spm
-        from sentencepiece import sentencepiece_model_pb2 as pb
 
-        proto = pb.ModelProto()
-        proto.trainer_spec.model_type = pb.TrainerSpec.BPE
-        proto.trainer_spec.vocab_size = len(tokens)
-        proto.trainer_spec.byte_fallback = True
-        proto.trainer_spec.unk_id = int(meta.get("unk", 0))
-        proto.trainer_spec.bos_id = self.bos_id if self.bos_id is not None else -1
-        proto.trainer_spec.eos_id = self.eos_id if self.eos_id is not None else -1
-        proto.trainer_spec.pad_id = -1
-        proto.normalizer_spec.name = "identity"
         self.add_space_prefix = bool(meta.get("add_space_prefix", True))
-        proto.normalizer_spec.add_dummy_prefix = self.add_space_prefix
-        proto.normalizer_spec.remove_extra_whitespaces = False
-        proto.normalizer_spec.escape_whitespaces = True
-        for piece, score, kind in zip(tokens, scores, types, strict=True):
-            p = proto.pieces.add()
-            p.piece = piece
-            p.score = float(score)
-            p.type = kind if kind in (1, 2, 3, 4, 5, 6) else TOKEN_NORMAL
+        proto = sentencepiece_model_proto(tokens, scores, types, unk_id=int(meta.get("unk", 0)),
+                                          bos_id=self.bos_id, eos_id=self.eos_id,
+                                          add_space_prefix=self.add_space_prefix)
         self._sp = spm.SentencePieceProcessor()
         try:
-            self._sp.LoadFromSerializedProto(proto.SerializeToString())
+            self._sp.LoadFromSerializedProto(proto)
         except RuntimeError as exc:
             raise ModelFormatError(f"cannot rebuild the sentencepiece tokenizer: {exc}") from exc
         self._specials = {t: i for i, (t, k) in enumerate(zip(tokens, types, strict=True))
