@@ -146,6 +146,7 @@ def test_greedy_continuations_match_reference(tiny_model, backend: str, qtype: s
     assert identical >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["cpu_q4", "cpu_q8"])
 def test_smollm2_completes_paris(smollm2_path, backend: str) -> None:
     # the file is Q4_1 (with Q8_0 tensors): native on cpu_q4, requantized to Q8_0 on cpu_q8

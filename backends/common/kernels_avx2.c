@@ -15,6 +15,8 @@
  *    activation (_mm256_sign_epi8), which makes the weight operand |w| <= 128.
  *    No int16 pair overflows: 2 * 128 * 127 < 32768.
  */
+#include <stddef.h>
+
 #include "kernels.h"
 
 #if defined(__x86_64__)

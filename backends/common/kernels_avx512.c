@@ -10,6 +10,8 @@
  * Unverified on the development machine (AMD Zen 3 has no AVX-512): its
  * tests skip there and run wherever CPUID reports avx512vnni.
  */
+#include <stddef.h>
+
 #include "kernels.h"
 
 #if defined(__x86_64__)
