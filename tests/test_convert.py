@@ -9,7 +9,6 @@ import gguf
 import numpy as np
 import pytest
 import torch
-
 from llama2.convert.checkpoint import ConvertError
 from llama2.convert.commands import main as convert_main
 from llama2.convert.commands import synthetic_hparams
@@ -24,6 +23,7 @@ from llama2.convert.synthetic import (
     write_random_meta,
 )
 from llama2.convert.tokenizer import LLAMA2_CHAT_TEMPLATE
+
 from llama2.reference import ReferenceConfig, ReferenceLlama, reference_from_gguf
 
 TOKENS = [1, 45, 300, 7, 99, 260, 12, 3, 200, 150, 31]

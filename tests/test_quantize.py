@@ -8,12 +8,12 @@ import gguf
 import numpy as np
 import pytest
 import torch
-
 from llama2.convert.calibrate import collect_importance, greedy_tokenize
 from llama2.convert.export import export, open_checkpoint
 from llama2.convert.gguf_writer import GGMLType, LlamaHParams
 from llama2.convert.quantize import QUANT_TYPES, quantize, tensor_type
 from llama2.convert.synthetic import synthetic_llama_tokenizer, write_random_llama, write_random_meta
+
 from llama2.reference import reference_from_gguf
 
 QTYPES = pytest.mark.parametrize("qtype", QUANT_TYPES, ids=lambda t: t.name)
