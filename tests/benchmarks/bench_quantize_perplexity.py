@@ -45,13 +45,14 @@ def main() -> None:
     ap.add_argument("--text", type=Path, required=True)
     ap.add_argument("--calibration", type=Path)
     ap.add_argument("--tokens", type=int, default=512)
+    ap.add_argument("--types", default="q8_0,q4_0,q4_1")
     ap.add_argument("--work", type=Path, default=Path("/tmp/llama2-bench-ppl"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     text = args.text.read_text()
 
     files = {"f32": (args.work / "f32.gguf", ["f32"])}
-    for qtype in ("q8_0", "q4_0", "q4_1"):
+    for qtype in args.types.split(","):
         files[f"{qtype} plain"] = (args.work / f"{qtype}-plain.gguf", [qtype, "--plain"])
         files[f"{qtype} ours"] = (args.work / f"{qtype}-ours.gguf", [qtype])
         if args.calibration:
