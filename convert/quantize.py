@@ -10,8 +10,8 @@ fp16 as the file stores them, re-rounds the levels to the stored scale, and
 keeps the candidate with the lowest weighted squared error. The plain scale is
 one of the candidates, so no block ends up worse than plain rounding.
 
-The error is weighted per weight by sqrt(sigma^2 + x^2) (weight_importance),
-times, with calibration, the mean squared activation of the weight's input
+The error is weighted per weight (error_weights: sqrt(sigma^2 + x^2) for
+4-bit types) times, with calibration, the mean squared activation of the weight's input
 column (`importance`, gathered by convert/calibrate.py), which is what a
 matmul's output error depends on: the idea of AWQ and llama.cpp's importance
 matrix, with the file format unchanged.
@@ -222,17 +222,22 @@ def quantize_blocks(x: np.ndarray, qtype: GGMLType, weights: np.ndarray | None =
     return np.concatenate([_f16_bytes(d), codes], axis=1), d * levels
 
 
-def weight_importance(rows: np.ndarray) -> np.ndarray:
-    """Per-weight factor of the squared error: sqrt(sigma^2 + x^2), sigma^2 the row's mean square.
+def error_weights(rows: np.ndarray, qtype: GGMLType) -> np.ndarray | None:
+    """Per-weight factor of the squared error the search minimises, as blocks [B,32]; None = 1.
 
-    This is llama.cpp's weighting for importance-matrix quantization. Plain
-    squared error lets the search trade the few large weights for the many
-    small ones, but the large ones carry most of a matmul's output: on
-    SmolLM2, minimising unweighted error lowered weight MSE by 20% yet raised
-    the activation-weighted error by 26% and perplexity with it.
+    4-bit: sqrt(sigma^2 + x^2), sigma^2 the row's mean square (llama.cpp's
+    weighting with an importance matrix). Unweighted error lets the search
+    trade the few large weights for the many small ones, but the large ones
+    carry most of a matmul's output: on SmolLM2 Q4_0, minimising unweighted
+    error lowered weight MSE by 20% yet raised the activation-weighted error
+    by 26% and perplexity with it; this weighting lowered perplexity.
+    8-bit error is fine noise on every weight, where the weighting made
+    perplexity worse on SmolLM2, so Q8_0 minimises the plain squared error.
     """
+    if qtype == GGMLType.Q8_0:
+        return None
     sigma2 = (rows * rows).mean(axis=1, keepdims=True)
-    return np.sqrt(sigma2 + rows * rows)
+    return np.sqrt(sigma2 + rows * rows).reshape(-1, QK)
 
 
 def _row_chunks(rows: np.ndarray) -> Iterator[slice]:
@@ -266,9 +271,10 @@ def quantize(array: np.ndarray, qtype: GGMLType, *, importance: np.ndarray | Non
     def work(sl: slice) -> None:
         chunk = rows[sl].astype(np.float32, copy=False)
         x = chunk.reshape(-1, QK)
-        w = weight_importance(chunk).reshape(-1, QK)
+        w = error_weights(chunk, qtype)
         if col_w is not None:
-            w *= np.tile(col_w, (sl.stop - sl.start, 1))
+            cols = np.tile(col_w, (sl.stop - sl.start, 1))
+            w = cols if w is None else w * cols
         raw, deq = quantize_blocks(x, qtype, w, search)
         out[sl] = raw.reshape(sl.stop - sl.start, -1)
         if deq_rows is not None:

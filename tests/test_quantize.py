@@ -11,7 +11,7 @@ import torch
 from llama2.convert.calibrate import collect_importance, tokenize_for_calibration
 from llama2.convert.export import export, open_checkpoint
 from llama2.convert.gguf_writer import GGMLType, LlamaHParams
-from llama2.convert.quantize import QUANT_TYPES, quantize, tensor_type, weight_importance
+from llama2.convert.quantize import QUANT_TYPES, error_weights, quantize, tensor_type
 from llama2.convert.synthetic import write_random_llama, write_random_meta
 
 from llama2.reference import reference_from_gguf
@@ -55,9 +55,9 @@ def test_blocks_decode_to_what_the_quantizer_intended(qtype: GGMLType) -> None:
 
 @QTYPES
 def test_search_beats_plain_rounding_in_every_block(qtype: GGMLType) -> None:
-    """Under the error the search minimises (weight_importance), no block is worse than plain rounding."""
+    """Under the error the search minimises (error_weights), no block is worse than plain rounding."""
     x = weights_like_a_model()
-    w = weight_importance(x)
+    w = error_weights(x, qtype)
     plain = gguf.quants.dequantize(gguf.quants.quantize(x, qtype), qtype)
     ours = gguf.quants.dequantize(quantize(x, qtype), qtype)
     e_plain, e_ours = block_err(x, plain, w), block_err(x, ours, w)
@@ -70,7 +70,8 @@ def test_importance_weights_shift_error_to_unimportant_columns(qtype: GGMLType) 
     x = weights_like_a_model(seed=3)
     rng = np.random.default_rng(4)
     imp = rng.gamma(0.5, 1.0, size=x.shape[1]).astype(np.float32)  # a few columns dominate, like activations
-    w = weight_importance(x) * imp
+    base = error_weights(x, qtype)
+    w = np.broadcast_to(imp, x.shape) if base is None else base.reshape(x.shape) * imp
     weighted = gguf.quants.dequantize(quantize(x, qtype, importance=imp), qtype)
     unweighted = gguf.quants.dequantize(quantize(x, qtype), qtype)
     plain = gguf.quants.dequantize(gguf.quants.quantize(x, qtype), qtype)
