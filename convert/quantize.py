@@ -298,5 +298,10 @@ def encode_tensor(name: str, array: np.ndarray, qtype: GGMLType, *,
     """A float tensor as it goes into the file: F32/F16 as is, quantized types through `quantize`."""
     if qtype not in QUANT_TYPES:
         return tensor_from_float(name, array, qtype)
+    if qtype == GGMLType.Q8_0 and importance is None:
+        # the search lowers Q8_0's squared error by a quarter but makes the errors of a block
+        # move together (one scale bias), which added up: SmolLM2's perplexity went from
+        # +0.02% (plain) to +0.41% over F32. Plain rounding is already within 0.3%.
+        search = False
     raw = quantize(array, qtype, importance=importance, search=search)
     return TensorData(name, tuple(array.shape), qtype, raw)
