@@ -23,6 +23,10 @@ class BackendUnavailableError(BackendError):
     """The named backend is unknown or not usable on this machine."""
 
 
+class InsufficientMemoryError(Llama2Error, MemoryError):
+    """Loading would need more memory than the machine has available; refused before allocating."""
+
+
 class ContextOverflowError(Llama2Error, ValueError):
     """More tokens were asked for than the context holds."""
 
@@ -30,3 +34,7 @@ class ContextOverflowError(Llama2Error, ValueError):
         super().__init__(message)
         self.requested = requested
         self.capacity = capacity
+
+
+class ChatTemplateError(Llama2Error, ValueError):
+    """The messages cannot be rendered: a broken or refusing chat template, or roles out of order."""

@@ -34,6 +34,12 @@ TYPE_IDS = {name: type_id for type_id, (name, _, _) in TENSOR_TYPES.items()}
 # Far above any real llama model, far below what would overflow 64-bit byte counts.
 _MAX_DIM = 1 << 24
 _MAX_ELEMENTS = 1 << 40
+# gguf's reader keeps ~100 bytes of Python objects per array item: bound what a file can make it build.
+# Real vocabularies have at most a few hundred thousand tokens and merges.
+_MAX_ARRAY_ITEMS = 1 << 22
+_MAX_ARRAY_NESTING = 4
+_GGUF_ARRAY = int(gguf.GGUFValueType.ARRAY)  # a plain int: comparing numpy ints to the enum is slow
+_ITEMSIZE: dict[Any, int] = {}  # numpy scalar type -> bytes, for the reader's bounds check
 
 
 class FastGGUFReader(gguf.GGUFReader):
@@ -43,6 +49,8 @@ class FastGGUFReader(gguf.GGUFReader):
     take 5-10 s; a plain view of the same mapping takes under 2 s.
     """
 
+    _nesting = 0  # depth of the array being read
+
     @property  # type: ignore[override]
     def data(self) -> np.ndarray:
         return self._plain_data
@@ -50,6 +58,41 @@ class FastGGUFReader(gguf.GGUFReader):
     @data.setter
     def data(self, value: np.ndarray) -> None:
         self._plain_data = np.asarray(value)
+
+    # gguf's _get returns a short (even empty) array past the end of the file
+    # instead of failing, so an array declaring 2**40 items looped forever while
+    # its list of empty parts grew without bound (found by fuzzing).
+    def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
+        itemsize = _ITEMSIZE.get(dtype) or _ITEMSIZE.setdefault(dtype, np.dtype(dtype).itemsize)
+        end = offset + itemsize * int(count)
+        if end > self._plain_data.size:
+            raise ModelFormatError(
+                f"truncated or corrupt: a read of bytes {offset}..{end} runs past the end of the file "
+                f"({self._plain_data.size} bytes)")
+        return super()._get(offset, dtype, count, override_order)
+
+    def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list[np.ndarray], list[int], list[Any]]:
+        if raw_type != _GGUF_ARRAY:  # the common case, once per array item: no more work
+            return super()._get_field_parts(orig_offs, raw_type)
+        count = int(self._get(orig_offs + 4, np.uint64)[0])
+        if count > _MAX_ARRAY_ITEMS:
+            raise ModelFormatError(f"a metadata array declares {count} items (at most {_MAX_ARRAY_ITEMS})")
+        if self._nesting >= _MAX_ARRAY_NESTING:
+            raise ModelFormatError(f"metadata arrays nested more than {_MAX_ARRAY_NESTING} deep")
+        self._nesting += 1
+        try:
+            return super()._get_field_parts(orig_offs, raw_type)
+        finally:
+            self._nesting -= 1
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    """value has the GGUF type kind: int (not bool), float (int or float), str or bool."""
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def type_name(type_id: int) -> str:
@@ -120,6 +163,8 @@ class ModelFile:
         self.file_size = size
         try:
             self._reader = FastGGUFReader(self.path)
+        except ModelFormatError as exc:
+            raise ModelFormatError(f"{self.path}: malformed GGUF: {exc}") from exc
         except (ValueError, IndexError, KeyError, OverflowError, MemoryError, UnicodeDecodeError,
                 TypeError, AssertionError) as exc:
             raise ModelFormatError(f"{self.path}: malformed GGUF: {type(exc).__name__}: {exc}") from exc
@@ -148,18 +193,17 @@ class ModelFile:
         value = self.get(key, default)
         if value is None:
             raise ModelFormatError(f"{self.path}: missing required metadata {key}")
-        if isinstance(value, (list, str, bytes, bool)):
-            raise ModelFormatError(f"{self.path}: metadata {key} should be an integer, found {value!r}")
-        if not 0 < int(value) <= _MAX_DIM:
+        if not _is_kind(value, int):  # a float here (NaN, 32.5) is as malformed as a string
+            raise ModelFormatError(f"{self.path}: metadata {key} should be an integer, found {value!r:.100}")
+        if not 0 < value <= _MAX_DIM:
             raise ModelFormatError(f"{self.path}: metadata {key} = {value} is out of range")
         return int(value)
 
     def _float(self, key: str, default: float) -> float:
         value = self.get(key, default)
-        try:
-            value = float(value)
-        except (TypeError, ValueError) as exc:
-            raise ModelFormatError(f"{self.path}: metadata {key} should be a number, found {value!r}") from exc
+        if not _is_kind(value, float):
+            raise ModelFormatError(f"{self.path}: metadata {key} should be a number, found {value!r:.100}")
+        value = float(value)
         if not np.isfinite(value) or value <= 0:
             raise ModelFormatError(f"{self.path}: metadata {key} = {value} must be positive and finite")
         return value
@@ -177,7 +221,7 @@ class ModelFile:
             raise ModelFormatError(f"{self.path}: missing tensor token_embd.weight")
         n_vocab = emb.ne[1] if len(emb.ne) == 2 else 0
         declared_vocab = self.get("llama.vocab_size")
-        if declared_vocab is not None and int(declared_vocab) != n_vocab:
+        if declared_vocab is not None and (not _is_kind(declared_vocab, int) or declared_vocab != n_vocab):
             raise ModelFormatError(
                 f"{self.path}: llama.vocab_size={declared_vocab} but token_embd.weight has {n_vocab} rows"
             )
@@ -274,20 +318,32 @@ class ModelFile:
                 totals[type_name(t.type)] = totals.get(type_name(t.type), 0) + t.n_bytes
         return totals
 
+    def typed(self, key: str, kind: type, *, array: bool = False, default: Any = None) -> Any:
+        """The value of key, checked to be of kind (int, float, str or bool), or an array of them."""
+        value = self.get(key)
+        if value is None:
+            return default
+        ok = isinstance(value, list) and all(_is_kind(v, kind) for v in value) if array else _is_kind(value, kind)
+        if not ok:
+            what = f"an array of {kind.__name__}" if array else kind.__name__
+            raise ModelFormatError(f"{self.path}: metadata {key} should be {what}, found {value!r:.100}")
+        return value
+
     def tokenizer_metadata(self) -> dict[str, Any]:
+        """tokenizer.ggml.* values, each checked to have its GGUF type (the tokenizer checks ranges)."""
         g = "tokenizer.ggml."
         return {
-            "model": self.get(g + "model"),
-            "pre": self.get(g + "pre"),
-            "tokens": self.get(g + "tokens"),
-            "scores": self.get(g + "scores"),
-            "types": self.get(g + "token_type"),
-            "merges": self.get(g + "merges"),
-            "bos": self.get(g + "bos_token_id"),
-            "eos": self.get(g + "eos_token_id"),
-            "unk": self.get(g + "unknown_token_id", 0),
-            "add_bos": self.get(g + "add_bos_token", True),
-            "add_space_prefix": self.get(g + "add_space_prefix", True),
+            "model": self.typed(g + "model", str),
+            "pre": self.typed(g + "pre", str),
+            "tokens": self.typed(g + "tokens", str, array=True),
+            "scores": self.typed(g + "scores", float, array=True),
+            "types": self.typed(g + "token_type", int, array=True),
+            "merges": self.typed(g + "merges", str, array=True),
+            "bos": self.typed(g + "bos_token_id", int),
+            "eos": self.typed(g + "eos_token_id", int),
+            "unk": self.typed(g + "unknown_token_id", int, default=0),
+            "add_bos": self.typed(g + "add_bos_token", bool, default=True),
+            "add_space_prefix": self.typed(g + "add_space_prefix", bool, default=True),
         }
 
     @property

@@ -288,6 +288,32 @@ class NativeContext:
             pass
 
 
+def estimated_host_bytes(model_file: ModelFile, backend: NativeBackend, n_ctx: int) -> dict[str, int]:
+    """Host memory a CPU backend will allocate for this file and one n_ctx-token context, by part.
+
+    Mirrors the CPU engine's load policy (backends/common/model.c): a matrix of a type the
+    backend does not compute natively is converted to its first native type; a quantized matrix
+    is repacked into a copy of the same size; F32 matrices of cpu_f32 and the embedding table
+    (unless tied to the output) stay in the mapped file. The KV cache is two f32 tensors of
+    n_layer x n_ctx x kv_dim. An estimate, to refuse hopeless loads before allocating.
+    """
+    from .model_file import TYPE_IDS, tensor_nbytes
+
+    hp = model_file.hparams
+    native = set(backend.native_types)
+    target = backend.native_types[0] if backend.native_types else TYPE_IDS["F32"]
+    weights = 0
+    for t in model_file.tensors.values():
+        if len(t.ne) != 2 or (t.name == "token_embd.weight" and not model_file.tied_output):
+            continue
+        if t.type not in native:
+            weights += tensor_nbytes(target, t.n_elements)
+        elif t.type != TYPE_IDS["F32"]:
+            weights += t.n_bytes
+    kv_cache = 2 * 4 * hp.n_layer * n_ctx * hp.n_head_kv * hp.head_dim
+    return {"weights": weights, "kv_cache": kv_cache}
+
+
 def native_backend(package: str, stem: str) -> NativeBackend:
     """The backend whose library lib<stem> is installed in `package`; unusable with a reason if absent."""
     path = find_library(package, stem)

@@ -6,6 +6,18 @@ import os
 from functools import lru_cache
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (what can be allocated without swapping), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 @lru_cache(maxsize=1)
 def physical_cores() -> int:
     """Physical cores this process may run on (hyper-threads share a core's load ports)."""

@@ -11,6 +11,7 @@ byte-fallback tokens.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import cache, lru_cache
 from typing import Any, Protocol
@@ -46,6 +47,23 @@ class Tokenizer(Protocol):
     def token_bytes(self, token_id: int) -> bytes: ...
     def decode(self, ids: Sequence[int]) -> str: ...
     def is_special(self, token_id: int) -> bool: ...
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unicode_text(text: str) -> str:
+    """text with lone surrogates (not Unicode, so not encodable) replaced by U+FFFD, as browsers do.
+
+    Both tokenizer libraries raised their own exceptions on them (found by fuzzing); a str can
+    hold them after decoding with 'surrogateescape' or from JSON's "\\ud800".
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be str, not {type(text).__name__}")
+    if _SURROGATE.search(text) is None:
+        return text
+    # UTF-16 joins surrogate pairs into their character and replaces the lone ones
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _check_id(name: str, value: Any, n_vocab: int) -> int | None:
@@ -117,8 +135,9 @@ class SentencePieceTokenizer(_BaseTokenizer):
         super().__init__(tokens, types, meta)
         import sentencepiece as spm
 
+        unk = _check_id("tokenizer.ggml.unknown_token_id", meta.get("unk", 0), self.n_vocab)
         self.add_space_prefix = bool(meta.get("add_space_prefix", True))
-        proto = sentencepiece_model_proto(tokens, scores, types, unk_id=int(meta.get("unk", 0)),
+        proto = sentencepiece_model_proto(tokens, scores, types, unk_id=unk if unk is not None else 0,
                                           bos_id=self.bos_id, eos_id=self.eos_id,
                                           add_space_prefix=self.add_space_prefix)
         self._sp = spm.SentencePieceProcessor()
@@ -131,6 +150,7 @@ class SentencePieceTokenizer(_BaseTokenizer):
 
     def encode(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
         ids: list[int] = [self.bos_id] if add_bos and self.bos_id is not None else []
+        text = unicode_text(text)
         if not parse_special or not self._specials:
             return ids + list(self._sp.EncodeAsIds(text))
         for piece, special in _split_specials(text, self._specials):
@@ -157,8 +177,6 @@ class SentencePieceTokenizer(_BaseTokenizer):
 
 def _split_specials(text: str, specials: dict[str, int]) -> list[tuple[str, int | None]]:
     """Cut text at occurrences of special-token strings (longest match first)."""
-    import re
-
     pattern = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
     parts: list[tuple[str, int | None]] = []
     pos = 0
@@ -238,7 +256,7 @@ class ByteLevelBPETokenizer(_BaseTokenizer):
     def encode(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
         ids: list[int] = [self.bos_id] if add_bos and self.bos_id is not None else []
         encoder = self._hf if parse_special else self._hf_plain
-        return ids + encoder.encode(text, add_special_tokens=False).ids
+        return ids + encoder.encode(unicode_text(text), add_special_tokens=False).ids
 
     @cache  # noqa: B019 - one tokenizer per model, lives as long as it
     def token_bytes(self, token_id: int) -> bytes:

@@ -156,6 +156,7 @@ def test_two_sessions_on_two_threads(tiny_model) -> None:
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_smollm2_completes_paris(smollm2_path) -> None:
     with llama2.load(smollm2_path, backend="cpu_f32", threads=2) as model:
         text = "".join(model.generate("The capital of France is", max_tokens=8, temperature=0))

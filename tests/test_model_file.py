@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf_patch import patch_tensor
-
-import llama2
 from llama2.convert.gguf_writer import GGMLType, LlamaHParams, tensor_from_float, write_llama_gguf
 from llama2.convert.synthetic import random_llama_tensors, synthetic_llama_tokenizer
+
+import llama2
 from llama2.errors import ModelFormatError, UnsupportedModelError
 from llama2.model_file import ModelFile
 
@@ -84,7 +84,7 @@ def _write(tmp_path: Path, hp: LlamaHParams, drop: str | None = None, arch_ok: b
 
 def test_missing_tensor(tmp_path):
     hp = LlamaHParams(n_vocab=300, n_embd=32, n_layer=2, n_head=2, n_head_kv=2, n_ff=64)
-    with pytest.raises(ModelFormatError, match="missing tensor blk.1.ffn_gate.weight"):
+    with pytest.raises(ModelFormatError, match=r"missing tensor blk\.1\.ffn_gate\.weight"):
         ModelFile(_write(tmp_path, hp, drop="blk.1.ffn_gate.weight"))
 
 

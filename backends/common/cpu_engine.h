@@ -24,6 +24,9 @@
 #define L2_TYPE_BIT(t) (1u << (t))
 /* A batch bigger than this is evaluated in chunks; scratch is sized for one chunk. */
 #define L2_MAX_BATCH 512
+/* Multiply-adds below which a loop runs on one thread: waking the others and
+ * the barrier after cost more than the work (and far more on a busy machine). */
+#define L2_PARALLEL_MIN_WORK (1 << 16)
 
 /* ---- policy ---- */
 
@@ -50,6 +53,7 @@ typedef struct {
     int64_t rows, cols;
     int64_t row_bytes;
     const void *data; /* into the mapped file, or into a buffer the model owns */
+    int32_t x8;       /* 1: rows are stored as groups of eight interleaved rows (repack.h) */
 } l2_matrix;
 
 typedef struct {
@@ -124,6 +128,16 @@ llama2_status l2_error(char *err, size_t err_len, llama2_status status, const ch
  * xq is scratch for n_tokens quantized rows when W is quantized. */
 void l2_matmul(const l2_kernels *k, const l2_matrix *w, const float *x, int64_t x_stride, float *y,
                int64_t y_stride, int32_t n_tokens, l2_block_q8_act *xq, int32_t n_threads);
+
+/* Several matrices over the same input (Q, K and V; gate and up), in one
+ * parallel loop: the activations are quantized once and the threads meet once. */
+typedef struct {
+    const l2_matrix *w; /* all with the same cols */
+    float *y;
+    int64_t y_stride;
+} l2_matmul_out;
+void l2_matmul_many(const l2_kernels *k, const l2_matmul_out *outs, int n_outs, const float *x,
+                    int64_t x_stride, int32_t n_tokens, l2_block_q8_act *xq, int32_t n_threads);
 
 /* Run n_tokens (<= ctx->max_batch) at positions pos.. through the model, filling
  * the KV cache; writes logits for every token (all_logits) or for the last one,

@@ -71,7 +71,9 @@ static void attention(llama2_context *ctx, int32_t l, int32_t n_tokens, int32_t 
     const float *kc = ctx->key_cache + (int64_t)l * ctx->n_ctx * kv_dim;
     const float *vc = ctx->value_cache + (int64_t)l * ctx->n_ctx * kv_dim;
     float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(2) num_threads(ctx->n_threads) if (ctx->n_threads > 1) schedule(dynamic)
+    int64_t work = (int64_t)n_tokens * m->n_head * (pos + n_tokens) * hd * 2;
+    int parallel = ctx->n_threads > 1 && work >= L2_PARALLEL_MIN_WORK;
+#pragma omp parallel for collapse(2) num_threads(ctx->n_threads) if (parallel) schedule(dynamic)
     for (int32_t t = 0; t < n_tokens; t++) {
         for (int32_t h = 0; h < m->n_head; h++) {
             float *att = ctx->att + (int64_t)omp_get_thread_num() * ctx->n_ctx;
@@ -129,9 +131,8 @@ void l2_forward(llama2_context *ctx, const int32_t *tokens, int32_t n_tokens, in
         /* keys and values go straight into their rows of the cache */
         float *kc = ctx->key_cache + ((int64_t)l * ctx->n_ctx + pos) * kv_dim;
         float *vc = ctx->value_cache + ((int64_t)l * ctx->n_ctx + pos) * kv_dim;
-        l2_matmul(k, &w->wq, ctx->xb, dim, ctx->q, dim, n_tokens, ctx->xq, nth);
-        l2_matmul(k, &w->wk, ctx->xb, dim, kc, kv_dim, n_tokens, ctx->xq, nth);
-        l2_matmul(k, &w->wv, ctx->xb, dim, vc, kv_dim, n_tokens, ctx->xq, nth);
+        const l2_matmul_out qkv[] = {{&w->wq, ctx->q, dim}, {&w->wk, kc, kv_dim}, {&w->wv, vc, kv_dim}};
+        l2_matmul_many(k, qkv, 3, ctx->xb, dim, n_tokens, ctx->xq, nth);
         for (int32_t t = 0; t < n_tokens; t++) {
             const float *c = ctx->rope_cos + (int64_t)t * half, *s = ctx->rope_sin + (int64_t)t * half;
             rope(ctx->q + (int64_t)t * dim, m->n_head, m->head_dim, m->n_rot, c, s);
@@ -144,8 +145,8 @@ void l2_forward(llama2_context *ctx, const int32_t *tokens, int32_t n_tokens, in
         /* feed-forward */
         for (int32_t t = 0; t < n_tokens; t++)
             rmsnorm(ctx->xb + (int64_t)t * dim, ctx->x + (int64_t)t * dim, w->ffn_norm, dim, m->rms_eps);
-        l2_matmul(k, &w->w_gate, ctx->xb, dim, ctx->hb, ff, n_tokens, ctx->xq, nth);
-        l2_matmul(k, &w->w_up, ctx->xb, dim, ctx->hb2, ff, n_tokens, ctx->xq, nth);
+        const l2_matmul_out gate_up[] = {{&w->w_gate, ctx->hb, ff}, {&w->w_up, ctx->hb2, ff}};
+        l2_matmul_many(k, gate_up, 2, ctx->xb, dim, n_tokens, ctx->xq, nth);
         swiglu(ctx->hb, ctx->hb2, (int64_t)n_tokens * ff);
         l2_matmul(k, &w->w_down, ctx->hb, ff, ctx->xb, dim, n_tokens, ctx->xq, nth);
         add(ctx->x, ctx->xb, n_dim);

@@ -13,8 +13,23 @@ static int always(void) {
     return 1;
 }
 
+#if defined(__x86_64__)
+static int has_avx2(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+static int has_avx512vnni(void) {
+    return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+#endif
+
 /* Fastest first. A SIMD set is one line here plus its kernels_<isa>.c file. */
 static const kernel_choice choices[] = {
+#if defined(__x86_64__)
+    {l2_kernels_avx512vnni, has_avx512vnni},
+    {l2_kernels_avx2, has_avx2},
+#endif
     {l2_kernels_scalar, always},
 };
 
