@@ -10,14 +10,9 @@ form of AWQ's and llama.cpp's importance matrix.
 The statistics come from running the float32 PyTorch reference
 (llama2/reference.py) over the calibration text, so the whole model is held
 in float32 memory: fine for small models; for 7B it needs about 28 GB.
-Tokenization uses the project's tokenizer when the core package provides
-it; otherwise a greedy longest-match over the vocabulary, which yields
-ordinary-looking token sequences, all the statistics need.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,55 +21,18 @@ from .checkpoint import Checkpoint
 from .gguf_writer import TokenizerData
 
 
-def _byte_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters (space -> 'Ġ', newline -> 'Ċ')."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
+def tokenize_for_calibration(tok: TokenizerData, text: str) -> list[int]:
+    """The text in the model's own tokens, through the project's tokenizer (llama2.tokenizer)."""
+    from llama2.tokenizer import tokenizer_from_metadata
 
-
-def greedy_tokenize(tok: TokenizerData, text: str, max_piece: int = 24) -> list[int]:
-    """Longest vocabulary match at each position, in the vocabulary's own spelling of spaces and bytes."""
-    if tok.model == "gpt2":
-        table = _byte_to_unicode()
-        spelled = "".join(table[b] for b in text.encode("utf-8"))
-    else:
-        spelled = "▁" + text.replace(" ", "▁")
-    index = {piece: i for i, piece in enumerate(tok.tokens)}
-    ids = [] if tok.bos_id is None or tok.add_bos is False else [tok.bos_id]
-    pos = 0
-    while pos < len(spelled):
-        for length in range(min(max_piece, len(spelled) - pos), 0, -1):
-            token = index.get(spelled[pos:pos + length])
-            if token is not None:
-                ids.append(token)
-                pos += length
-                break
-        else:
-            for b in spelled[pos].encode("utf-8"):  # sentencepiece byte fallback, when the vocabulary has it
-                token = index.get(f"<0x{b:02X}>")
-                if token is not None:
-                    ids.append(token)
-            pos += 1
-    return ids
-
-
-def tokenize_for_calibration(ckpt: Checkpoint, text: str) -> list[int]:
-    try:
-        import llama2
-
-        load: Callable[..., object] | None = getattr(llama2, "load", None)
-    except ImportError:
-        load = None
-    if load is not None and ckpt.path.is_file():
-        return list(load(str(ckpt.path)).tokenize(text))  # type: ignore[attr-defined]
-    return greedy_tokenize(ckpt.tokenizer, text)
+    extra = tok.extra.get("tokenizer.ggml.add_space_prefix", True)
+    add_space_prefix = extra[1] if isinstance(extra, tuple) else extra
+    meta = {"model": tok.model, "pre": tok.pre, "tokens": tok.tokens, "scores": tok.scores,
+            "types": tok.token_types, "merges": tok.merges, "bos": tok.bos_id, "eos": tok.eos_id,
+            "unk": tok.unk_id if tok.unk_id is not None else 0,
+            "add_bos": tok.add_bos if tok.add_bos is not None else True, "add_space_prefix": add_space_prefix}
+    tokenizer = tokenizer_from_metadata(meta)
+    return list(tokenizer.encode(text, add_bos=bool(meta["add_bos"])))
 
 
 def collect_importance(ckpt: Checkpoint, text: str, *, max_tokens: int = 1024, window: int = 256,
@@ -85,7 +43,7 @@ def collect_importance(ckpt: Checkpoint, text: str, *, max_tokens: int = 1024, w
     from llama2.reference import ReferenceConfig, ReferenceLlama
 
     hp = ckpt.hparams
-    tokens = tokenize_for_calibration(ckpt, text)[:max_tokens]
+    tokens = tokenize_for_calibration(ckpt.tokenizer, text)[:max_tokens]
     if len(tokens) < 2:
         raise ValueError("the calibration text is too short (fewer than 2 tokens)")
     loading = tqdm(ckpt.tensors, desc="loading for calibration", disable=not progress)

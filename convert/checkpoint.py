@@ -9,11 +9,13 @@ at a time.
 from __future__ import annotations
 
 import ctypes
+import json
 import mmap
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +45,16 @@ class Checkpoint:
     chat_template: str | None = None
     name: str = "llama"
     extra_kv: dict[str, object] = field(default_factory=dict)  # other keys to carry over (GGUF sources)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A source's JSON file (params.json, config.json); `what` says what kind of folder lacks it."""
+    if not path.is_file():
+        raise ConvertError(f"{path.parent}: no {path.name} (not {what}?)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"{path}: not valid JSON ({e})") from e
 
 
 def check_float_dtype(t: object, origin: str) -> None:

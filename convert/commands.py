@@ -149,7 +149,7 @@ def _synthetic(args: argparse.Namespace, out: Path) -> int:
     if args.tokenizer_from is not None:
         from .gguf_source import open_reader, tokenizer_from_gguf
 
-        tokenizer, template = tokenizer_from_gguf(open_reader(args.tokenizer_from))
+        tokenizer, template = tokenizer_from_gguf(open_reader(args.tokenizer_from), args.tokenizer_from)
         n_vocab = len(tokenizer.tokens)
     else:
         n_vocab = 32000
@@ -159,7 +159,7 @@ def _synthetic(args: argparse.Namespace, out: Path) -> int:
         raise ConvertError(f"{out} exists (use --force to replace it)")
     start = time.perf_counter()
     write_random_llama(out, hp, qtype=args.type, seed=args.seed, tokenizer=tokenizer, chat_template=template,
-                       force=args.force, progress=not args.quiet)
+                       force=args.force, progress=not args.quiet, export_types=True)
     size = out.stat().st_size
     print(f"wrote {out}: random {args.synthetic} ({hp.n_layer} layers, n_embd {hp.n_embd}), "
           f"{size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s", file=sys.stderr)

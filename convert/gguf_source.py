@@ -29,8 +29,10 @@ _TOKENIZER_FIELDS = {
 
 
 def open_reader(path: str | Path) -> gguf.GGUFReader:
+    from llama2.model_file import FastGGUFReader
+
     try:
-        return gguf.GGUFReader(path)
+        return FastGGUFReader(path)
     except Exception as e:  # gguf raises ValueError, struct.error, ... on a damaged file
         raise ConvertError(f"{path}: not a readable GGUF file ({e})") from e
 
@@ -43,7 +45,7 @@ def _typed(field: gguf.ReaderField) -> tuple[object, ...]:
     return (field.types[0], value)
 
 
-def tokenizer_from_gguf(reader: gguf.GGUFReader) -> tuple[TokenizerData, str | None]:
+def tokenizer_from_gguf(reader: gguf.GGUFReader, path: str | Path) -> tuple[TokenizerData, str | None]:
     """The tokenizer (every tokenizer.ggml.* key) and chat template of a GGUF file."""
     known: dict[str, object] = {}
     extra: dict[str, object] = {}
@@ -55,15 +57,13 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader) -> tuple[TokenizerData, str | N
         else:
             extra[key] = _typed(field)
     if "tokens" not in known or "model" not in known:
-        raise ConvertError(f"{reader.data.filename}: no tokenizer (tokenizer.ggml.tokens/model) in the file")
+        raise ConvertError(f"{path}: no tokenizer (tokenizer.ggml.tokens/model) in the file")
     template = reader.fields.get("tokenizer.chat_template")
     tok = TokenizerData(**known, extra=extra)  # type: ignore[arg-type]
     return tok, None if template is None else str(template.contents())
 
 
-def hparams_from_gguf(reader: gguf.GGUFReader, n_vocab: int) -> LlamaHParams:
-    path = reader.data.filename
-
+def hparams_from_gguf(reader: gguf.GGUFReader, n_vocab: int, path: str | Path) -> LlamaHParams:
     def get(key: str, default: object = None) -> object:
         field = reader.fields.get(key)
         if field is None:
@@ -98,10 +98,10 @@ def open_gguf(path: str | Path) -> Checkpoint:
     by_name = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in by_name:
         raise ConvertError(f"{path}: tensor token_embd.weight is missing")
-    tokenizer, template = tokenizer_from_gguf(reader)
+    tokenizer, template = tokenizer_from_gguf(reader, path)
     n_vocab = int(by_name["token_embd.weight"].shape[1])
     check_vocab(n_vocab, tokenizer, f"{path}: token_embd.weight rows")
-    hp = hparams_from_gguf(reader, n_vocab)
+    hp = hparams_from_gguf(reader, n_vocab, path)
     expected = llama_tensor_shapes(hp, tied_output="output.weight" not in by_name)
     extra = sorted(set(by_name) - set(expected))
     if extra:

@@ -21,6 +21,7 @@ from .checkpoint import (
     SourceTensor,
     check_vocab,
     mapped_ranges,
+    read_json,
     release_pages,
     torch_to_float32,
 )
@@ -163,12 +164,7 @@ class _WeightFiles:
 def open_hf(folder: str | Path) -> Checkpoint:
     folder = Path(folder)
     config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ConvertError(f"{folder}: no config.json (not a Hugging Face model folder?)")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConvertError(f"{config_path}: not valid JSON ({e})") from e
+    config = read_json(config_path, "a Hugging Face model folder")
     hp, tied = hparams_from_config(config, config_path)
     tokenizer = tokenizer_from_spm(find_tokenizer_model(folder))
     check_vocab(hp.n_vocab, tokenizer, f"{config_path}: vocab_size")

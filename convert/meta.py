@@ -9,7 +9,6 @@ Joining the slices along those dimensions gives back the full matrices.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .checkpoint import (
     check_float_dtype,
     check_vocab,
     mapped_ranges,
+    read_json,
     release_pages,
     torch_to_float32,
 )
@@ -109,12 +109,7 @@ def open_meta(folder: str | Path) -> Checkpoint:
 
     folder = Path(folder)
     params_path = folder / "params.json"
-    if not params_path.is_file():
-        raise ConvertError(f"{folder}: no params.json (not a Meta checkpoint folder?)")
-    try:
-        params = json.loads(params_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConvertError(f"{params_path}: not valid JSON ({e})") from e
+    params = read_json(params_path, "a Meta checkpoint folder")
     paths = shard_paths(folder)
     tokenizer = tokenizer_from_spm(find_tokenizer_model(folder))
     vocab = int(params.get("vocab_size", -1))

@@ -9,7 +9,6 @@ import gguf
 import numpy as np
 import pytest
 import torch
-
 from llama2.convert.checkpoint import ConvertError
 from llama2.convert.commands import main as convert_main
 from llama2.convert.commands import synthetic_hparams
@@ -24,6 +23,7 @@ from llama2.convert.synthetic import (
     write_random_meta,
 )
 from llama2.convert.tokenizer import LLAMA2_CHAT_TEMPLATE
+
 from llama2.reference import ReferenceConfig, ReferenceLlama, reference_from_gguf
 
 TOKENS = [1, 45, 300, 7, 99, 260, 12, 3, 200, 150, 31]
@@ -222,8 +222,9 @@ def test_gguf_source_widen_and_requantize_keeps_tokenizer(tmp_path: Path) -> Non
     export(open_checkpoint(tmp_path / "q8.gguf"), tmp_path / "f32.gguf", GGMLType.F32, progress=False)
     export(open_checkpoint(tmp_path / "q8.gguf"), tmp_path / "q8b.gguf", GGMLType.Q8_0, progress=False)
     # widening is exact, and a same-type copy keeps the blocks byte for byte
-    np.testing.assert_allclose(file_logits(tmp_path / "f32.gguf", TOKENS),
-                               reference_from_gguf(str(tmp_path / "q8.gguf")).eval(TOKENS), rtol=0, atol=1e-9)
+    q8_logits = reference_from_gguf(str(tmp_path / "q8.gguf")).eval(TOKENS)
+    np.testing.assert_array_equal(reference_from_gguf(str(tmp_path / "f32.gguf")).eval(TOKENS), q8_logits)
+    assert rel_err(file_logits(tmp_path / "f32.gguf", TOKENS), q8_logits) < 1e-4
     assert tensors_of(tmp_path / "q8.gguf") == tensors_of(tmp_path / "q8b.gguf")
     for name in ("f32.gguf", "q8b.gguf"):
         fields = gguf.GGUFReader(tmp_path / name).fields
@@ -234,7 +235,8 @@ def test_gguf_source_widen_and_requantize_keeps_tokenizer(tmp_path: Path) -> Non
 def test_gguf_source_llama_cpp_file(tmp_path: Path, smol_path: Path) -> None:
     """A llama.cpp file (gpt2 tokenizer, tied embeddings, Q4_1/Q8_0 blocks) round-trips."""
     out = tmp_path / "smol_q8.gguf"
-    assert convert_main(["quantize", str(smol_path), str(out), "q8_0", "--quiet"]) == 0
+    # --plain: the search quantizer is tested elsewhere; this is about reading llama.cpp's file
+    assert convert_main(["quantize", str(smol_path), str(out), "q8_0", "--quiet", "--plain"]) == 0
     src, dst = gguf.GGUFReader(smol_path), gguf.GGUFReader(out)
     for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens",
                 "tokenizer.ggml.merges", "tokenizer.chat_template", "tokenizer.ggml.eos_token_id",

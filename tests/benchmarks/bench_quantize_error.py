@@ -19,7 +19,6 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-
 from llama2.convert.gguf_writer import GGMLType
 from llama2.convert.quantize import QUANT_TYPES, quantize
 
