@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -121,3 +122,6 @@ def test_writer_is_atomic_and_refuses_to_overwrite(tmp_path):
         write_llama_gguf(path, hp, failing(), synthetic_llama_tokenizer(300), force=True)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
