@@ -19,5 +19,8 @@ typedef struct {
 const l2_kernels *l2_kernels_scalar(void);
 /* The fastest set this CPU supports (CPUID at run time); LLAMA2_ISA=scalar|avx2|... forces one. */
 const l2_kernels *l2_kernels_best(void);
+/* The x86 tables themselves, without a CPUID check (NULL in non-x86 builds). */
+const l2_kernels *l2_kernels_avx2(void);
+const l2_kernels *l2_kernels_avx512vnni(void);
 
 #endif

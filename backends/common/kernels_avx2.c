@@ -1,0 +1,176 @@
+/* AVX2 + FMA + F16C kernels (Haswell, Zen and later).
+ *
+ * Compiled with function-level target attributes rather than -mavx2, so one
+ * build (also with LLAMA2_NATIVE=OFF) runs on older CPUs: nothing here is
+ * called unless kernels_select.c found AVX2, FMA and F16C with CPUID.
+ *
+ * The integer dot products follow the developers' guide: per block of 32,
+ * _mm256_maddubs_epi16 multiplies unsigned by signed bytes and adds pairs
+ * into int16, _mm256_madd_epi16 against ones widens to eight int32 sums,
+ * and one FMA applies the product of the two block scales.
+ *  - Q4_0 and Q4_1 nibbles are unsigned (0..15), so they go into maddubs as
+ *    they are; Q4_0's -8 offset and Q4_1's min are folded in afterwards with
+ *    the activation block's s = d * sum(q): sum(d(q-8) * dx qx) = d dx sum(q qx) - 8 d s.
+ *  - Q8_0 weights are signed: the sign of each weight is moved onto the
+ *    activation (_mm256_sign_epi8), which makes the weight operand |w| <= 128.
+ *    No int16 pair overflows: 2 * 128 * 127 < 32768.
+ */
+#include "kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#include <math.h>
+
+#include "kernels_x86.h"
+
+L2_TARGET_AVX2 void l2_quantize_act_avx2(const float *x, l2_block_q8_act *y, int64_t n)
+{
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    const __m256 half = _mm256_set1_ps(0.5f);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (int64_t b = 0; b < n / L2_QK; b++) {
+        const float *xb = x + b * L2_QK;
+        __m256 v[4];
+        __m256 amax = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm256_loadu_ps(xb + 8 * i);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, v[i]));
+        }
+        const float max_abs = l2_hmax_ps(amax);
+        const float d = max_abs / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i q32[4];
+        for (int i = 0; i < 4; i++) {
+            /* roundf() semantics (ties away from zero), so the scalar set and
+             * this one quantize to identical bytes: truncate, then step away
+             * from zero where the dropped fraction is at least one half. */
+            const __m256 s = _mm256_mul_ps(v[i], vid);
+            const __m256 t = _mm256_round_ps(s, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            const __m256 frac = _mm256_andnot_ps(sign_bit, _mm256_sub_ps(s, t));
+            const __m256 up = _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ),
+                                            _mm256_or_ps(one, _mm256_and_ps(sign_bit, s)));
+            q32[i] = _mm256_cvttps_epi32(_mm256_add_ps(t, up));
+        }
+        /* packs interleave 128-bit lanes; the permute puts the bytes back in order */
+        const __m256i q16a = _mm256_packs_epi32(q32[0], q32[1]);
+        const __m256i q16b = _mm256_packs_epi32(q32[2], q32[3]);
+        __m256i q8 = _mm256_packs_epi16(q16a, q16b);
+        q8 = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y[b].qs, q8);
+        y[b].d = d;
+        y[b].s = d * (float)l2_sum_i8(q8);
+    }
+}
+
+L2_TARGET_AVX2 static float dot_q8_0_avx2(int64_t n, const l2_block_q8_0 *w, const l2_block_q8_act *x)
+{
+    const int64_t nb = n / L2_QK;
+    const __m256i ones = _mm256_set1_epi16(1);
+    /* two accumulators so consecutive blocks' FMAs do not wait on each other */
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w[b].qs);
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)w[b + 1].qs);
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)x[b + 1].qs);
+        const __m256i p0 = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
+        const __m256i p1 = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(x1, w1)), ones);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(l2_fp16_to_fp32(w[b].d) * x[b].d), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(l2_fp16_to_fp32(w[b + 1].d) * x[b + 1].d),
+                               _mm256_cvtepi32_ps(p1), acc1);
+    }
+    for (; b < nb; b++) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w[b].qs);
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const __m256i p0 = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(l2_fp16_to_fp32(w[b].d) * x[b].d), _mm256_cvtepi32_ps(p0), acc0);
+    }
+    return l2_hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+/* The 4-bit dot product, shared by Q4_0 and Q4_1: sum over blocks of
+ * dw * dx * sum(q * qx) with q in 0..15, plus OFFSET_EXPR(block, dw), the
+ * type's offset term (Q4_0's -8, Q4_1's min) applied through x[b].s. */
+#define L2_DOT_Q4_BODY(BLOCK_T, OFFSET_EXPR)                                                          \
+    const int64_t nb = n / L2_QK;                                                                     \
+    const __m256i ones = _mm256_set1_epi16(1);                                                        \
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                    \
+    float offset = 0.0f;                                                                              \
+    int64_t b = 0;                                                                                    \
+    for (; b + 1 < nb; b += 2) {                                                                      \
+        const __m256i p0 = _mm256_madd_epi16(                                                         \
+            _mm256_maddubs_epi16(l2_unpack_nibbles(w[b].qs),                                          \
+                                 _mm256_loadu_si256((const __m256i *)x[b].qs)), ones);                \
+        const __m256i p1 = _mm256_madd_epi16(                                                         \
+            _mm256_maddubs_epi16(l2_unpack_nibbles(w[b + 1].qs),                                      \
+                                 _mm256_loadu_si256((const __m256i *)x[b + 1].qs)), ones);            \
+        const float d0 = l2_fp16_to_fp32(w[b].d), d1 = l2_fp16_to_fp32(w[b + 1].d);                   \
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[b].d), _mm256_cvtepi32_ps(p0), acc0);            \
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * x[b + 1].d), _mm256_cvtepi32_ps(p1), acc1);        \
+        offset += OFFSET_EXPR(b, d0) + OFFSET_EXPR(b + 1, d1);                                        \
+    }                                                                                                 \
+    for (; b < nb; b++) {                                                                             \
+        const __m256i p0 = _mm256_madd_epi16(                                                         \
+            _mm256_maddubs_epi16(l2_unpack_nibbles(w[b].qs),                                          \
+                                 _mm256_loadu_si256((const __m256i *)x[b].qs)), ones);                \
+        const float d0 = l2_fp16_to_fp32(w[b].d);                                                     \
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * x[b].d), _mm256_cvtepi32_ps(p0), acc0);            \
+        offset += OFFSET_EXPR(b, d0);                                                                 \
+    }                                                                                                 \
+    return l2_hsum_ps(_mm256_add_ps(acc0, acc1)) + offset;
+
+#define L2_Q4_0_OFFSET(b, d) (-8.0f * (d) * x[b].s)
+#define L2_Q4_1_OFFSET(b, d) (l2_fp16_to_fp32(w[b].m) * x[b].s)
+
+L2_TARGET_AVX2 static float dot_q4_0_avx2(int64_t n, const l2_block_q4_0 *w, const l2_block_q8_act *x)
+{
+    L2_DOT_Q4_BODY(l2_block_q4_0, L2_Q4_0_OFFSET)
+}
+
+L2_TARGET_AVX2 static float dot_q4_1_avx2(int64_t n, const l2_block_q4_1 *w, const l2_block_q8_act *x)
+{
+    L2_DOT_Q4_BODY(l2_block_q4_1, L2_Q4_1_OFFSET)
+}
+
+L2_TARGET_AVX2 float l2_dot_f32_avx2(int64_t n, const float *w, const float *x)
+{
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k), acc[k]);
+    for (; i + 8 <= n; i += 8)
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), acc[0]);
+    float sum = l2_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++)
+        sum += w[i] * x[i];
+    return sum;
+}
+
+static const l2_kernels kernels_avx2 = {
+    .isa = "avx2",
+    .quantize_act = l2_quantize_act_avx2,
+    .dot_q8_0 = dot_q8_0_avx2,
+    .dot_q4_0 = dot_q4_0_avx2,
+    .dot_q4_1 = dot_q4_1_avx2,
+    .dot_f32 = l2_dot_f32_avx2,
+};
+
+const l2_kernels *l2_kernels_avx2(void)
+{
+    return &kernels_avx2;
+}
+
+#else
+
+const l2_kernels *l2_kernels_avx2(void)
+{
+    return NULL;
+}
+
+#endif
