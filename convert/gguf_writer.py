@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +73,42 @@ class TensorData:
     data: np.ndarray  # float32/float16 array of `shape`, or uint8 bytes of a quantized type
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a tensor will be, known before its data exists: enough to write the tensor infos."""
+
+    name: str
+    shape: tuple[int, ...]
+    type: GGMLType
+
+    @property
+    def nbytes(self) -> int:
+        block, type_size = gguf.GGML_QUANT_SIZES[self.type]
+        n = int(np.prod(self.shape, dtype=np.int64))
+        return n // block * type_size
+
+
+def llama_tensor_shapes(hp: LlamaHParams, tied_output: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a llama GGUF in file order, with its PyTorch shape ([out, in])."""
+    kv_dim = hp.n_head_kv * hp.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (hp.n_vocab, hp.n_embd)}
+    for i in range(hp.n_layer):
+        p = f"blk.{i}."
+        shapes[p + "attn_norm.weight"] = (hp.n_embd,)
+        shapes[p + "attn_q.weight"] = (hp.n_embd, hp.n_embd)
+        shapes[p + "attn_k.weight"] = (kv_dim, hp.n_embd)
+        shapes[p + "attn_v.weight"] = (kv_dim, hp.n_embd)
+        shapes[p + "attn_output.weight"] = (hp.n_embd, hp.n_embd)
+        shapes[p + "ffn_norm.weight"] = (hp.n_embd,)
+        shapes[p + "ffn_gate.weight"] = (hp.n_ff, hp.n_embd)
+        shapes[p + "ffn_up.weight"] = (hp.n_ff, hp.n_embd)
+        shapes[p + "ffn_down.weight"] = (hp.n_embd, hp.n_ff)
+    shapes["output_norm.weight"] = (hp.n_embd,)
+    if not tied_output:
+        shapes["output.weight"] = (hp.n_vocab, hp.n_embd)
+    return shapes
+
+
 def tensor_from_float(name: str, array: np.ndarray, qtype: GGMLType = GGMLType.F32) -> TensorData:
     """Encode a float array as qtype with plain round-to-nearest (gguf.quants)."""
     array = np.ascontiguousarray(array, dtype=np.float32)
@@ -107,6 +143,20 @@ def write_tokenizer(writer: gguf.GGUFWriter, tok: TokenizerData) -> None:
         writer.add_add_bos_token(tok.add_bos)
     if tok.add_eos is not None:
         writer.add_add_eos_token(tok.add_eos)
+    for key, value in tok.extra.items():
+        add_typed_value(writer, key, value)
+
+
+def add_typed_value(writer: gguf.GGUFWriter, key: str, value: object) -> None:
+    """Write a key whose GGUF type is implied by the Python value, or given as (GGUFValueType, value)."""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], gguf.GGUFValueType):
+        vtype, value = value
+        sub_type = None
+        if vtype == gguf.GGUFValueType.ARRAY and isinstance(value, list) and value:
+            sub_type = gguf.GGUFValueType.get_type(value[0])
+        writer.add_key_value(key, value, vtype, sub_type)
+        return
+    writer.add_key_value(key, value, gguf.GGUFValueType.get_type(value))
 
 
 @contextlib.contextmanager
@@ -133,17 +183,23 @@ def write_llama_gguf(
     tensors: Iterable[TensorData],
     tokenizer: TokenizerData,
     *,
+    specs: Sequence[TensorSpec] | None = None,
     chat_template: str | None = None,
     name: str = "llama",
     file_type: int | None = None,
+    extra_kv: dict[str, object] | None = None,
     force: bool = False,
 ) -> Path:
     """Write a complete llama-architecture GGUF file atomically and return its path.
 
-    `tensors` may be a generator: each tensor's data is written as it comes,
-    so only one tensor needs to be in memory at a time.
+    With `specs` (every tensor's name, shape and type, in order) the tensor
+    infos are written first and `tensors` is consumed one tensor at a time, so
+    a generator keeps only one tensor in memory. Without `specs` the tensors
+    are gathered into a list first, which is fine for small models.
     """
-    tensor_list = tensors if isinstance(tensors, list) else None
+    if specs is None:
+        tensors = list(tensors)
+        specs = [TensorSpec(t.name, tuple(t.shape), t.type) for t in tensors]
     with atomic_path(out, force=force) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")
         writer.add_name(name)
@@ -163,16 +219,30 @@ def write_llama_gguf(
         write_tokenizer(writer, tokenizer)
         if chat_template is not None:
             writer.add_chat_template(chat_template)
-        if tensor_list is None:
-            tensor_list = list(tensors)
-        for t in tensor_list:
-            # gguf takes the byte shape for quantized data and derives the logical one from it
-            shape = t.data.shape if t.data.dtype == np.uint8 else t.shape
-            writer.add_tensor_info(t.name, shape, t.data.dtype, t.data.nbytes, raw_dtype=t.type)
+        for key, value in (extra_kv or {}).items():
+            add_typed_value(writer, key, value)
+        for spec in specs:
+            # gguf reverses the logical shape itself; the dtype only tells it F32/F16 from raw bytes
+            if spec.type == GGMLType.F32:
+                writer.add_tensor_info(spec.name, spec.shape, np.dtype(np.float32), spec.nbytes)
+            elif spec.type == GGMLType.F16:
+                writer.add_tensor_info(spec.name, spec.shape, np.dtype(np.float16), spec.nbytes)
+            else:
+                writer.add_tensor_info(spec.name, spec.shape, np.dtype(np.float32), spec.nbytes,
+                                       raw_dtype=spec.type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for t in tensor_list:
+        n_written = 0
+        for spec, t in zip(specs, tensors, strict=False):
+            if (t.name, tuple(t.shape), t.type) != (spec.name, spec.shape, spec.type) or t.data.nbytes != spec.nbytes:
+                raise ValueError(
+                    f"tensor {t.name} {t.type.name}{list(t.shape)} ({t.data.nbytes} bytes) arrived where "
+                    f"{spec.name} {spec.type.name}{list(spec.shape)} ({spec.nbytes} bytes) was announced"
+                )
             writer.write_tensor_data(t.data)
+            n_written += 1
+        if n_written != len(specs):
+            raise ValueError(f"only {n_written} of {len(specs)} announced tensors arrived")
         writer.close()
     return Path(out)
