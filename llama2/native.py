@@ -56,11 +56,15 @@ def _library_file_name(stem: str) -> str:
 
 
 def find_library(package: str, stem: str) -> Path | None:
-    """Locate lib<stem>.so installed inside `package` (also in editable installs)."""
+    """Locate lib<stem>.so installed inside `package` (also in editable installs).
+
+    Folders in $LLAMA2_LIBRARY_PATH (':'-separated) are searched first, so a
+    sanitizer or debug build can stand in for the installed libraries.
+    """
     import importlib
 
     file_name = _library_file_name(stem)
-    candidates: list[Path] = []
+    candidates = [Path(d) / file_name for d in os.environ.get("LLAMA2_LIBRARY_PATH", "").split(os.pathsep) if d]
     try:
         candidates.append(Path(str(importlib.resources.files(package) / file_name)))
     except (ModuleNotFoundError, TypeError):
