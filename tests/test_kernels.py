@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ROOT / "backends" / "common"
 # the kernel tables and what they need; everything else in common/ is the engine
-SOURCES = ["kernels.c", "kernels_scalar.c", "kernels_avx2.c", "kernels_avx512.c", "convert.c"]
+SOURCES = ["kernels.c", "kernels_scalar.c", "kernels_avx2.c", "kernels_avx512.c", "convert.c", "repack.c"]
 CFLAGS = ["-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-Werror"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
 

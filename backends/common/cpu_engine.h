@@ -50,6 +50,7 @@ typedef struct {
     int64_t rows, cols;
     int64_t row_bytes;
     const void *data; /* into the mapped file, or into a buffer the model owns */
+    int32_t x8;       /* 1: rows are stored as groups of eight interleaved rows (repack.h) */
 } l2_matrix;
 
 typedef struct {

@@ -6,6 +6,12 @@
 
 #include <stdint.h>
 #include "quant_blocks.h"
+#include "repack.h"
+
+/* y[t * y_stride + r] = row r . x[t], r < 8, t < n_tokens, over one group of eight
+ * interleaved rows (repack.h); activation rows are x_stride blocks apart. */
+typedef void (*l2_gemm_x8_fn)(int64_t n, const void *w, const l2_block_q8_act *x, int64_t x_stride,
+                              int32_t n_tokens, float *y, int64_t y_stride);
 
 typedef struct {
     const char *isa; /* "scalar", "avx2", "avx512vnni", "neon" */
@@ -14,6 +20,7 @@ typedef struct {
     float (*dot_q4_0)(int64_t n, const l2_block_q4_0 *w, const l2_block_q8_act *x);
     float (*dot_q4_1)(int64_t n, const l2_block_q4_1 *w, const l2_block_q8_act *x);
     float (*dot_f32)(int64_t n, const float *w, const float *x); /* n any length */
+    l2_gemm_x8_fn gemm_q8_0_x8, gemm_q4_0_x8, gemm_q4_1_x8;
 } l2_kernels;
 
 const l2_kernels *l2_kernels_scalar(void);

@@ -19,7 +19,7 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#include <math.h>
+#include <string.h>
 
 #include "kernels_x86.h"
 
@@ -152,6 +152,137 @@ L2_TARGET_AVX2 float l2_dot_f32_avx2(int64_t n, const float *w, const float *x)
     return sum;
 }
 
+/* ---- GEMMs over eight interleaved rows (repack.h) ----
+ *
+ * Token tiles of up to L2_TT: each 32-byte load of weights is unpacked once
+ * and multiplied against every token of the tile while in registers, which is
+ * what makes prefill a matrix-matrix product rather than repeated GEMVs. The
+ * loops over tokens have a constant trip count once inlined, so the
+ * accumulators stay in registers (16 ymm: 4 int + 4 float accumulators,
+ * weights, masks). */
+#define L2_TT 4
+
+/* 4-bit: lane r of the int16 pair sums collects row r; eight maddubs of
+ * 0..15 x -127..127 sum to at most 8 * 2 * 15 * 127 = 30480, so int16 holds. */
+L2_TARGET_AVX2 static inline __attribute__((always_inline)) void
+gemm_q4_x8_tile(int nt, int has_min, int64_t nb, const unsigned char *w, size_t block_bytes,
+                const l2_block_q8_act *x, int64_t x_stride, float *y, int64_t y_stride)
+{
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[L2_TT];
+    for (int t = 0; t < nt; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const unsigned char *block = w + b * block_bytes;
+        const unsigned char *qs = block + (has_min ? 32 : 16);
+        __m256i sum16[L2_TT];
+        for (int t = 0; t < nt; t++)
+            sum16[t] = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            const __m256i lo = _mm256_and_si256(v, low4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+            for (int t = 0; t < nt; t++) {
+                const int8_t *xq = x[t * x_stride + b].qs;
+                int32_t xlo, xhi;
+                memcpy(&xlo, xq + 4 * c, 4);
+                memcpy(&xhi, xq + 16 + 4 * c, 4);
+                sum16[t] = _mm256_add_epi16(sum16[t], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xlo)));
+                sum16[t] = _mm256_add_epi16(sum16[t], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xhi)));
+            }
+        }
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block));
+        const __m256 m = has_min ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16))) : d;
+        for (int t = 0; t < nt; t++) {
+            const l2_block_q8_act *xb = &x[t * x_stride + b];
+            const __m256 sumf = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum16[t], ones));
+            if (has_min) {
+                acc[t] = _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_set1_ps(xb->d), sumf), acc[t]);
+                acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb->s), acc[t]);
+            } else {
+                const __m256 inner = _mm256_fmadd_ps(_mm256_set1_ps(xb->d), sumf, _mm256_set1_ps(-8.0f * xb->s));
+                acc[t] = _mm256_fmadd_ps(d, inner, acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        _mm256_storeu_ps(y + t * y_stride, acc[t]);
+}
+
+/* 8-bit: weights are signed, so each weight's sign moves onto the activation
+ * (sign_epi8) and |w| goes in as the unsigned operand; a maddubs pair can
+ * reach 2 * 127 * 127, so every one is widened to int32 at once. */
+L2_TARGET_AVX2 static inline __attribute__((always_inline)) void
+gemm_q8_0_x8_tile(int nt, int64_t nb, const l2_block_q8_0x8 *w, const l2_block_q8_act *x, int64_t x_stride,
+                  float *y, int64_t y_stride)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[L2_TT];
+    for (int t = 0; t < nt; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i sum32[L2_TT];
+        for (int t = 0; t < nt; t++)
+            sum32[t] = _mm256_setzero_si256();
+        for (int c = 0; c < 8; c++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * c));
+            const __m256i a = _mm256_sign_epi8(v, v);
+            for (int t = 0; t < nt; t++) {
+                int32_t xc;
+                memcpy(&xc, x[t * x_stride + b].qs + 4 * c, 4);
+                const __m256i p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(_mm256_set1_epi32(xc), v));
+                sum32[t] = _mm256_add_epi32(sum32[t], _mm256_madd_epi16(p, ones));
+            }
+        }
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w[b].d));
+        for (int t = 0; t < nt; t++) {
+            const __m256 dd = _mm256_mul_ps(d, _mm256_set1_ps(x[t * x_stride + b].d));
+            acc[t] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sum32[t]), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        _mm256_storeu_ps(y + t * y_stride, acc[t]);
+}
+
+/* One entry point per type; the switch gives each tile size its own fully unrolled copy. */
+#define L2_TILES(CALL)                                                                                       \
+    int32_t t0 = 0;                                                                                          \
+    for (; t0 + L2_TT <= n_tokens; t0 += L2_TT)                                                              \
+        CALL(L2_TT);                                                                                         \
+    switch (n_tokens - t0) {                                                                                 \
+    case 3: CALL(3); break;                                                                                  \
+    case 2: CALL(2); break;                                                                                  \
+    case 1: CALL(1); break;                                                                                  \
+    default: break;                                                                                          \
+    }
+
+L2_TARGET_AVX2 void l2_gemm_q4_0_x8_avx2(int64_t n, const void *w, const l2_block_q8_act *x,
+                                             int64_t x_stride, int32_t n_tokens, float *y, int64_t y_stride)
+{
+#define CALL(NT) gemm_q4_x8_tile(NT, 0, n / L2_QK, w, sizeof(l2_block_q4_0x8), x + t0 * x_stride, x_stride, \
+                                 y + t0 * y_stride, y_stride)
+    L2_TILES(CALL)
+#undef CALL
+}
+
+L2_TARGET_AVX2 void l2_gemm_q4_1_x8_avx2(int64_t n, const void *w, const l2_block_q8_act *x,
+                                             int64_t x_stride, int32_t n_tokens, float *y, int64_t y_stride)
+{
+#define CALL(NT) gemm_q4_x8_tile(NT, 1, n / L2_QK, w, sizeof(l2_block_q4_1x8), x + t0 * x_stride, x_stride, \
+                                 y + t0 * y_stride, y_stride)
+    L2_TILES(CALL)
+#undef CALL
+}
+
+L2_TARGET_AVX2 void l2_gemm_q8_0_x8_avx2(int64_t n, const void *w, const l2_block_q8_act *x,
+                                             int64_t x_stride, int32_t n_tokens, float *y, int64_t y_stride)
+{
+#define CALL(NT) gemm_q8_0_x8_tile(NT, n / L2_QK, w, x + t0 * x_stride, x_stride, y + t0 * y_stride, y_stride)
+    L2_TILES(CALL)
+#undef CALL
+}
+
 static const l2_kernels kernels_avx2 = {
     .isa = "avx2",
     .quantize_act = l2_quantize_act_avx2,
@@ -159,6 +290,9 @@ static const l2_kernels kernels_avx2 = {
     .dot_q4_0 = dot_q4_0_avx2,
     .dot_q4_1 = dot_q4_1_avx2,
     .dot_f32 = l2_dot_f32_avx2,
+    .gemm_q8_0_x8 = l2_gemm_q8_0_x8_avx2,
+    .gemm_q4_0_x8 = l2_gemm_q4_0_x8_avx2,
+    .gemm_q4_1_x8 = l2_gemm_q4_1_x8_avx2,
 };
 
 const l2_kernels *l2_kernels_avx2(void)

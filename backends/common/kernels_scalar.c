@@ -80,6 +80,9 @@ static const l2_kernels scalar_kernels = {
     .dot_q4_0 = dot_q4_0,
     .dot_q4_1 = dot_q4_1,
     .dot_f32 = dot_f32,
+    .gemm_q8_0_x8 = l2_gemm_q8_0_x8_scalar,
+    .gemm_q4_0_x8 = l2_gemm_q4_0_x8_scalar,
+    .gemm_q4_1_x8 = l2_gemm_q4_1_x8_scalar,
 };
 
 const l2_kernels *l2_kernels_scalar(void) {

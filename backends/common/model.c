@@ -2,14 +2,17 @@
  * hyper-parameters, and place it as the backend's policy says (in place, or
  * converted into a buffer the model owns). Nothing past this file trusts the
  * description. */
+#define _DEFAULT_SOURCE /* madvise */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "convert.h"
 #include "cpu_engine.h"
+#include "repack.h"
 
 #define MAX_DIM (1 << 24)  /* n_vocab, n_embd, n_ff */
 #define MAX_LAYERS 4096
@@ -172,6 +175,62 @@ static llama2_status load_weights(loader *ld) {
     return st;
 }
 
+/* Repack a quantized matrix into groups of eight interleaved rows (repack.h):
+ * the same bytes in a layout the SIMD GEMMs read without horizontal sums. The
+ * copy sits in 2 MB-aligned memory marked for transparent huge pages, so
+ * streaming it through the TLB costs less than the file's 4 kB pages. A matrix
+ * the model already owns (converted at load) is replaced, not duplicated. */
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static llama2_status repack_matrix(loader *ld, const char *name, l2_matrix *m) {
+    if ((m->type != LLAMA2_TYPE_Q8_0 && m->type != LLAMA2_TYPE_Q4_0 && m->type != LLAMA2_TYPE_Q4_1) ||
+        m->rows % L2_RX != 0)
+        return LLAMA2_OK;
+    llama2_model *model = ld->model;
+    size_t bytes = (size_t)(m->rows * m->row_bytes);
+    size_t alloc = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    void *buf = aligned_alloc(HUGE_PAGE, alloc);
+    if (!buf)
+        return l2_error(ld->err, ld->err_len, LLAMA2_ERR_NOMEM, "out of memory repacking tensor %s", name);
+    madvise(buf, alloc, MADV_HUGEPAGE); /* advice only: without huge pages it still works */
+    int64_t groups = m->rows / L2_RX, group_bytes = L2_RX * m->row_bytes;
+#pragma omp parallel for schedule(static)
+    for (int64_t g = 0; g < groups; g++)
+        l2_repack_x8(m->type, (const char *)m->data + g * group_bytes, (char *)buf + g * group_bytes, L2_RX,
+                     m->cols);
+    int32_t slot = model->n_owned;
+    for (int32_t i = 0; i < model->n_owned; i++)
+        if (model->owned[i] == m->data)
+            slot = i;
+    if (slot < model->n_owned)
+        free(model->owned[slot]); /* its bytes were counted when it was converted */
+    else {
+        model->n_owned++;
+        model->owned_bytes += bytes;
+    }
+    model->owned[slot] = buf;
+    m->data = buf;
+    m->x8 = 1;
+    return LLAMA2_OK;
+}
+
+/* Every matrix the matmul reads (not the embedding table: a lookup wants plain rows).
+ * LLAMA2_REPACK=0 keeps the file's layout, to measure what repacking buys. */
+static llama2_status repack_matrices(loader *ld) {
+    const char *env = getenv("LLAMA2_REPACK");
+    if (env && strcmp(env, "0") == 0)
+        return LLAMA2_OK;
+    llama2_model *m = ld->model;
+    llama2_status st = repack_matrix(ld, "output.weight", &m->output);
+    for (int32_t i = 0; i < m->n_layer && st == LLAMA2_OK; i++) {
+        l2_layer *l = &m->layers[i];
+        l2_matrix *mats[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
+        for (size_t j = 0; j < sizeof mats / sizeof mats[0] && st == LLAMA2_OK; j++)
+            st = repack_matrix(ld, "a layer matrix", mats[j]);
+    }
+    return st;
+}
+
 /* Names must be present and unique, or "the tensor called X" would be ambiguous. */
 static llama2_status check_names(const llama2_model_desc *d, char *err, size_t err_len) {
     if (d->n_tensors < 0 || (d->n_tensors > 0 && !d->tensors))
@@ -222,6 +281,8 @@ llama2_status l2_cpu_model_load(const l2_cpu_policy *policy, const llama2_model_
     }
     loader ld = {.policy = policy, .desc = desc, .model = m, .err = err, .err_len = err_len};
     st = load_weights(&ld);
+    if (st == LLAMA2_OK)
+        st = repack_matrices(&ld);
     if (st != LLAMA2_OK) {
         l2_cpu_model_free(m);
         return st;

@@ -25,6 +25,7 @@
 
 #include "convert.h"
 #include "kernels.h"
+#include "repack.h"
 
 static uint64_t rng_state;
 
@@ -289,6 +290,78 @@ static void check_dot_f32(const l2_kernels *k, const l2_kernels *scalar, int64_t
     free(xbuf);
 }
 
+/* The x8 GEMMs: rows repacked (repack.h), every token count from 1 to 9 (full
+ * and partial token tiles), against the scalar set's row-by-row dot products
+ * on the original layout, with the same bound as the dots. Output entries
+ * outside the 8 x n_tokens written ones must stay untouched. */
+static void check_gemm(const l2_kernels *k, const l2_kernels *scalar, qtype t, int64_t n)
+{
+    const int64_t nb = n / L2_QK, rows = 16;
+    const int32_t max_tokens = 9;
+    const int64_t x_stride = nb + 1, y_stride = 8 + 3;
+    size_t block_bytes = t == T_Q8_0 ? sizeof(l2_block_q8_0) : t == T_Q4_0 ? sizeof(l2_block_q4_0)
+                                                                            : sizeof(l2_block_q4_1);
+    void *w = malloc(rows * nb * block_bytes), *packed = malloc(rows * nb * block_bytes);
+    if (t == T_Q8_0)
+        random_q8_0(w, rows * nb);
+    else if (t == T_Q4_0)
+        random_q4_0(w, rows * nb);
+    else
+        random_q4_1(w, rows * nb);
+    int32_t type = t == T_Q8_0 ? LLAMA2_TYPE_Q8_0 : t == T_Q4_0 ? LLAMA2_TYPE_Q4_0 : LLAMA2_TYPE_Q4_1;
+    CHECK(l2_repack_x8(type, w, packed, rows, n) == 0, "repack %s failed", qtype_name(t));
+    l2_gemm_x8_fn gemm = t == T_Q8_0 ? k->gemm_q8_0_x8 : t == T_Q4_0 ? k->gemm_q4_0_x8 : k->gemm_q4_1_x8;
+
+    float *x = malloc(n * sizeof *x);
+    l2_block_q8_act *xq = malloc(max_tokens * x_stride * sizeof *xq);
+    for (int32_t tok = 0; tok < max_tokens; tok++) {
+        random_activations(x, n);
+        scalar->quantize_act(x, xq + tok * x_stride, n);
+    }
+    float *y = malloc(max_tokens * y_stride * sizeof *y);
+    for (int32_t nt = 1; nt <= max_tokens; nt++) {
+        for (int64_t g = 0; g < rows / 8; g++) {
+            for (int64_t i = 0; i < max_tokens * y_stride; i++)
+                y[i] = 1e30f;
+            gemm(n, (const char *)packed + g * 8 * nb * block_bytes, xq, x_stride, nt, y, y_stride);
+            for (int32_t tok = 0; tok < max_tokens; tok++)
+                for (int64_t r = 0; r < y_stride; r++) {
+                    float got = y[tok * y_stride + r];
+                    if (tok >= nt || r >= 8) {
+                        CHECK(got == 1e30f, "%s gemm_%s_x8 wrote outside its output (token %d, row %lld)", k->isa,
+                              qtype_name(t), tok, (long long)r);
+                        continue;
+                    }
+                    const void *row = (const char *)w + (g * 8 + r) * nb * block_bytes;
+                    const l2_block_q8_act *xt = xq + tok * x_stride;
+                    float ref = run_dot(scalar, t, n, row, xt);
+                    /* the bound of check_dot, from the absolute products */
+                    double abs_sum = 0;
+                    double *wd = malloc(n * sizeof *wd), *xd = malloc(n * sizeof *xd);
+                    if (t == T_Q8_0)
+                        dequant_q8_0(row, nb, wd);
+                    else if (t == T_Q4_0)
+                        dequant_q4_0(row, nb, wd);
+                    else
+                        dequant_q4_1(row, nb, wd);
+                    dequant_act(xt, nb, xd);
+                    for (int64_t i = 0; i < n; i++)
+                        abs_sum += fabs(wd[i] * xd[i]);
+                    free(wd);
+                    free(xd);
+                    double bound = (double)(nb + 8) * 4 * U * abs_sum + 1e-30;
+                    CHECK(fabs(got - ref) <= bound, "%s gemm_%s_x8 n=%lld tokens=%d row %lld: %.9g vs %.9g", k->isa,
+                          qtype_name(t), (long long)n, nt, (long long)(g * 8 + r), got, ref);
+                }
+        }
+    }
+    free(w);
+    free(packed);
+    free(x);
+    free(xq);
+    free(y);
+}
+
 static void check_set(const l2_kernels *k, const l2_kernels *scalar)
 {
     static const int64_t fixed_blocks[] = {1, 2, 3, 4, 5, 7, 8, 9, 31, 64, 128, 137, 344};
@@ -307,6 +380,11 @@ static void check_set(const l2_kernels *k, const l2_kernels *scalar)
             check_quantize_act(k, scalar, n);
             for (qtype t = T_Q8_0; t <= T_Q4_1; t++)
                 check_dot(k, scalar, t, n);
+        }
+        for (int i = 0; i < 4; i++) {
+            int64_t n = (int64_t)(1 + rng_next() % 40) * L2_QK;
+            for (qtype t = T_Q8_0; t <= T_Q4_1; t++)
+                check_gemm(k, scalar, t, n);
         }
         for (int64_t n = 1; n <= 80; n++) /* every tail length around the vector widths */
             check_dot_f32(k, scalar, n);
