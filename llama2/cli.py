@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .errors import Llama2Error
 
 # Modules that add sub-commands, in the order `llama2 --help` lists them.
-COMMAND_MODULES: list[str] = ["llama2.quality_cli"]
+COMMAND_MODULES: list[str] = ["llama2.quality_cli", "llama2.bench_cli"]
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:

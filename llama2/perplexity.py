@@ -64,6 +64,8 @@ class KLResult:
     top1_stderr: float
     ppl_base: float
     ppl_model: float
+    ppl_base_stderr: float
+    ppl_model_stderr: float
     count: int
     n_windows: int
     n_ctx: int
@@ -192,10 +194,13 @@ def kl_divergence(base: Scorable, model: Scorable, tokens: Sequence[int], n_ctx:
     kld_mean, kld_err = mean_and_stderr(kld)
     top1 = float(same.mean())
     n = kld.size
+    mb, eb = mean_and_stderr(nll_b)
+    mm, em = mean_and_stderr(nll_m)
     return KLResult(
         kld_mean=kld_mean, kld_stderr=kld_err, kld_p99=float(np.percentile(kld, 99)), kld_max=float(kld.max()),
         top1_agreement=top1, top1_stderr=math.sqrt(top1 * (1 - top1) / (n - 1)) if n > 1 else 0.0,
-        ppl_base=math.exp(float(nll_b.mean())), ppl_model=math.exp(float(nll_m.mean())),
+        ppl_base=math.exp(mb), ppl_model=math.exp(mm), ppl_base_stderr=math.exp(mb) * eb,
+        ppl_model_stderr=math.exp(mm) * em,
         count=int(n), n_windows=n_windows, n_ctx=n_ctx)
 
 
