@@ -90,7 +90,7 @@ def model_path(key: str, smollm2: Path | None) -> Path:
 
 
 @pytest.fixture(scope="session")
-def threads() -> int:
+def bench_threads() -> int:
     return THREADS
 
 

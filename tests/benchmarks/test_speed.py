@@ -45,11 +45,11 @@ def _run(benchmark, runner, workload: Workload) -> float:  # type: ignore[no-unt
 
 
 @pytest.mark.benchmark(group="bandwidth")
-def test_read_bandwidth(benchmark, bandwidth: float, threads: int) -> None:  # type: ignore[no-untyped-def]
+def test_read_bandwidth(benchmark, bandwidth: float, bench_threads: int) -> None:  # type: ignore[no-untyped-def]
     """The limit decode is measured against; the fixture's value is the one the decode results use."""
-    benchmark.pedantic(read_bandwidth, args=(threads, 256 << 20, 1), rounds=1, iterations=1)
+    benchmark.pedantic(read_bandwidth, args=(bench_threads, 256 << 20, 1), rounds=1, iterations=1)
     benchmark.extra_info.update(workload="bandwidth", bytes_per_s=bandwidth, GB_s=bandwidth / 1e9,
-                                threads=threads)
+                                threads=bench_threads)
     assert bandwidth > 1e8
 
 
