@@ -31,6 +31,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
                    help=f"also score each MODEL's perplexity on TEXT (a file, or {PYDOC_TEXT})")
     p.add_argument("--base", metavar="BASE", default=None,
                    help="with --quality: KL divergence and top-token agreement of each MODEL against BASE")
+    p.add_argument("--peer-quality", action="store_true",
+                   help=f"with --quality: also score every file with {PEER_NAME} (needs llama-cpp-python)")
     p.add_argument("--windows", type=int, default=8, help="with --quality: windows scored (default 8)")
     p.add_argument("--ctx", type=int, default=512, dest="n_ctx", help="with --quality: window length (default 512)")
     p.add_argument("--from-json", action="append", default=[], metavar="JSON",
@@ -106,7 +108,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _quality(args: argparse.Namespace, run: Run, threads: int) -> None:
     """Perplexity of each model; with --base, KL divergence and top-1 agreement against it too."""
     from .llamacpp import load_for_comparison, runner_name
-    from .perplexity import as_scorer, kl_divergence, perplexity
+    from .perplexity import CachedScorer, as_scorer, kl_divergence, perplexity
     from .report import QualityRow
 
     text = read_text(args.quality)
@@ -123,7 +125,8 @@ def _quality(args: argparse.Namespace, run: Run, threads: int) -> None:
                           bits_per_weight=info["bits_per_weight"], ppl=0.0, ppl_stderr=0.0, n_tokens=0)
 
     base = load(args.base) if args.base else None
-    base_scorer = as_scorer(base) if base is not None else None
+    # the base scores each window once, however many models are compared with it
+    base_scorer = CachedScorer(as_scorer(base)) if base is not None else None
     try:
         if base is not None and base_scorer is not None:
             run.base_model = Path(args.base).name
@@ -153,8 +156,32 @@ def _quality(args: argparse.Namespace, run: Run, threads: int) -> None:
                     scorer.close()
             finally:
                 model.close()
+        if args.peer_quality:
+            _peer_quality(args, run, threads, text, row)
     finally:
-        if base_scorer is not None and hasattr(base_scorer, "close"):
-            base_scorer.close()
+        if base_scorer is not None and hasattr(base_scorer.inner, "close"):
+            base_scorer.inner.close()
         if base is not None:
             base.close()
+
+
+def _peer_quality(args: argparse.Namespace, run: Run, threads: int, text: str, row) -> None:  # type: ignore[no-untyped-def]
+    """llama.cpp's perplexity of every file, on the same tokens and windows, next to ours."""
+    from .llamacpp import LlamaCppModel, available
+    from .perplexity import as_scorer, perplexity
+
+    ok, why = available()
+    if not ok:
+        run.notes.append(f"llama.cpp's figures are missing: {why}.")
+        return
+    for path in ([args.base] if args.base else []) + [m for m in args.models if m != args.base]:
+        peer = LlamaCppModel(path, threads, args.n_ctx, all_logits_capable=True)
+        try:
+            scorer = as_scorer(peer)
+            p = perplexity(scorer, scorer.tokenize(text), args.n_ctx, max_windows=args.windows,
+                           progress=not args.quiet, desc=f"llama.cpp {Path(path).name}")
+        finally:
+            peer.close()
+        r = row(path, peer)
+        r.ppl, r.ppl_stderr, r.n_tokens = p.ppl, p.ppl_stderr, p.count
+        run.quality.append(r)

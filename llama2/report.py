@@ -142,9 +142,14 @@ def speed_table(run: Run) -> str:
 
 def quality_table(run: Run) -> str:
     head = ["model", "type", "bits/w", "scored by", "PPL", "ΔPPL vs base", "KLD vs base", "same top token %"]
-    base = next((q for q in run.quality if q.model == run.base_model), None)
+    # each runner's ΔPPL is against its own score of the base file
+    bases: dict[str, QualityRow] = {}
+    for q in run.quality:
+        if q.model == run.base_model:
+            bases.setdefault(q.runner, q)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for q in run.quality:
+        base = bases.get(q.runner) or next(iter(bases.values()), None)
         dppl = None if base is None else 100 * (q.ppl / base.ppl - 1)
         kld = "–" if q.kld is None else f"{_g(q.kld)} ± {_g(q.kld_stderr or 0.0)}"
         top1 = "–" if q.top1 is None else f"{100 * q.top1:.2f} ± {100 * (q.top1_stderr or 0):.2f}"
