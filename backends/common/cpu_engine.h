@@ -24,6 +24,9 @@
 #define L2_TYPE_BIT(t) (1u << (t))
 /* A batch bigger than this is evaluated in chunks; scratch is sized for one chunk. */
 #define L2_MAX_BATCH 512
+/* Multiply-adds below which a loop runs on one thread: waking the others and
+ * the barrier after cost more than the work (and far more on a busy machine). */
+#define L2_PARALLEL_MIN_WORK (1 << 16)
 
 /* ---- policy ---- */
 

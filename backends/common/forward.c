@@ -71,7 +71,9 @@ static void attention(llama2_context *ctx, int32_t l, int32_t n_tokens, int32_t 
     const float *kc = ctx->key_cache + (int64_t)l * ctx->n_ctx * kv_dim;
     const float *vc = ctx->value_cache + (int64_t)l * ctx->n_ctx * kv_dim;
     float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(2) num_threads(ctx->n_threads) if (ctx->n_threads > 1) schedule(dynamic)
+    int64_t work = (int64_t)n_tokens * m->n_head * (pos + n_tokens) * hd * 2;
+    int parallel = ctx->n_threads > 1 && work >= L2_PARALLEL_MIN_WORK;
+#pragma omp parallel for collapse(2) num_threads(ctx->n_threads) if (parallel) schedule(dynamic)
     for (int32_t t = 0; t < n_tokens; t++) {
         for (int32_t h = 0; h < m->n_head; h++) {
             float *att = ctx->att + (int64_t)omp_get_thread_num() * ctx->n_ctx;

@@ -36,7 +36,8 @@ void l2_matmul(const l2_kernels *k, const l2_matrix *w, const float *x, int64_t 
     int64_t blocks = w->cols / L2_QK;
     if (quantized) {
         /* once per matmul, not once per row */
-#pragma omp parallel for num_threads(n_threads) if (n_tokens > 1 && n_threads > 1) schedule(static)
+#pragma omp parallel for num_threads(n_threads) if (n_tokens > 1 && n_threads > 1 && n_tokens * w->cols >= L2_PARALLEL_MIN_WORK) \
+    schedule(static)
         for (int32_t t = 0; t < n_tokens; t++)
             k->quantize_act(x + t * x_stride, xq + t * blocks, w->cols);
     }
@@ -44,13 +45,15 @@ void l2_matmul(const l2_kernels *k, const l2_matrix *w, const float *x, int64_t 
         /* each group's weights are read from memory once for the whole batch */
         l2_gemm_x8_fn gemm = gemm_x8(k, w->type);
         int64_t group_bytes = L2_RX * w->row_bytes;
-#pragma omp parallel for num_threads(n_threads) if (n_threads > 1) schedule(dynamic, X8_GROUPS_PER_CHUNK)
+        int parallel = n_threads > 1 && w->rows * w->cols * n_tokens >= L2_PARALLEL_MIN_WORK;
+#pragma omp parallel for num_threads(n_threads) if (parallel) schedule(dynamic, X8_GROUPS_PER_CHUNK)
         for (int64_t g = 0; g < w->rows / L2_RX; g++)
             gemm(w->cols, (const char *)w->data + g * group_bytes, xq, blocks, n_tokens, y + g * L2_RX, y_stride);
         return;
     }
     int64_t n_tiles = (w->rows + ROW_TILE - 1) / ROW_TILE;
-#pragma omp parallel for num_threads(n_threads) if (n_threads > 1) schedule(static)
+    int parallel = n_threads > 1 && w->rows * w->cols * n_tokens >= L2_PARALLEL_MIN_WORK;
+#pragma omp parallel for num_threads(n_threads) if (parallel) schedule(static)
     for (int64_t tile = 0; tile < n_tiles; tile++) {
         int64_t r0 = tile * ROW_TILE;
         int64_t r1 = r0 + ROW_TILE < w->rows ? r0 + ROW_TILE : w->rows;
