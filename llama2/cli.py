@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .errors import Llama2Error
 
 # Modules that add sub-commands, in the order `llama2 --help` lists them.
-COMMAND_MODULES: list[str] = ["llama2.quality_cli", "llama2.bench_cli"]
+COMMAND_MODULES: list[str] = ["llama2.chat_cli", "llama2.quality_cli", "llama2.bench_cli"]
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,7 +23,21 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 = all (default 40)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    p.add_argument("--min-p", type=float, default=0.05, help="drop tokens under min-p x the top one's probability; "
+                   "0 = off (default 0.05)")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, help="penalize recent tokens; 1 = off (default 1.0)")
+    p.add_argument("--repeat-last-n", type=int, default=64, help="tokens the penalties look back at; -1 = all "
+                   "(default 64)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="per occurrence (default 0)")
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="once per token present (default 0)")
     p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible run")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, float | int | None]:
+    """The SamplingParams fields given on the command line (see add_sampling_arguments)."""
+    names = ["temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
+             "frequency_penalty", "presence_penalty", "seed"]
+    return {n: getattr(args, n) for n in names}
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,8 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     try:
-        for piece in session.generate(prompt_ids, max_tokens=args.max_tokens, temperature=args.temperature,
-                                      top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+        for piece in session.generate(prompt_ids, max_tokens=args.max_tokens, **sampling_kwargs(args)):
             if first is None:
                 first = time.perf_counter()
             n += 1

@@ -30,3 +30,7 @@ class ContextOverflowError(Llama2Error, ValueError):
         super().__init__(message)
         self.requested = requested
         self.capacity = capacity
+
+
+class ChatTemplateError(Llama2Error, ValueError):
+    """The messages cannot be rendered: a broken or refusing chat template, or roles out of order."""

@@ -8,16 +8,22 @@ threads at once.
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from . import generation as gen
 from . import plugins
+from .chat_template import ChatFormat, Message
 from .errors import BackendUnavailableError, ContextOverflowError
 from .model_file import ModelFile
 from .native import NativeBackend, NativeContext, NativeModel
+from .sampling import SamplingParams
 from .system import physical_cores
 from .tokenizer import Tokenizer, tokenizer_from_metadata
 
@@ -75,6 +81,10 @@ class Model:
             raise ValueError(f"n_ctx must be at least 1, got {self.n_ctx}")
         self.native: NativeModel = self.backend.load_model(self.file)
         self.load_seconds = time.perf_counter() - t0
+        # generate() and chat() on the model use this session while it is free, so a chat
+        # driven through the model reuses its cache; a concurrent call gets a fresh session
+        self._own_session: Session | None = None
+        self._own_session_lock = threading.Lock()
 
     # --- text ---------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
@@ -96,17 +106,54 @@ class Model:
     def session(self, n_ctx: int | None = None) -> Session:
         return Session(self, n_ctx or self.n_ctx)
 
-    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temperature: float = 0.8,
-                 top_k: int = 40, top_p: float = 0.95, seed: int | None = None) -> Iterator[str]:
-        """Stream the completion of prompt as text pieces. temperature=0 is greedy."""
-        session = self.session()
+    @cached_property
+    def chat_format(self) -> ChatFormat:
+        """The file's chat template, or LLaMA-2's chat format when it has none."""
+        return ChatFormat.for_tokenizer(self.chat_template, self.tokenizer)
+
+    def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+                            **extra: Any) -> str:
+        """Render OpenAI-style messages to the prompt text, without generating."""
+        return self.chat_format.render(messages, add_generation_prompt, **extra)
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **kwargs: Any) -> gen.Generation:
+        """Stream the completion of prompt as text pieces; see Session.generate."""
+        session, release = self._borrow_session()
         try:
-            yield from session.generate(prompt, max_tokens=max_tokens, temperature=temperature,
-                                        top_k=top_k, top_p=top_p, seed=seed)
-        finally:
-            session.close()
+            g = session.generate(prompt, max_tokens, **kwargs)
+        except BaseException:
+            release()
+            raise
+        g.add_done_callback(release)
+        return g
+
+    def chat(self, messages: Sequence[Message], max_tokens: int = 512, **kwargs: Any) -> gen.Generation:
+        """Stream the assistant's answer to messages; see Session.chat."""
+        session, release = self._borrow_session()
+        try:
+            g = session.chat(messages, max_tokens, **kwargs)
+        except BaseException:
+            release()
+            raise
+        g.add_done_callback(release)
+        return g
+
+    def _borrow_session(self) -> tuple[Session, Callable[[], None]]:
+        if self._own_session_lock.acquire(blocking=False):
+            if self._own_session is None:
+                try:
+                    self._own_session = Session(self, self.n_ctx)
+                except BaseException:
+                    self._own_session_lock.release()
+                    raise
+            return self._own_session, self._own_session_lock.release
+        session = Session(self, self.n_ctx)
+        return session, session.close
 
     def close(self) -> None:
+        if self._own_session is not None:
+            self._own_session.close()
+            self._own_session = None
         self.native.close()
 
     def __enter__(self) -> Model:
@@ -125,6 +172,7 @@ class Session:
         self._ctx: NativeContext = model.native.new_context(n_ctx, model.threads)
         self.tokens: list[int] = []  # what the cache holds, position by position
         self.last_eval_tokens = 0  # tokens evaluated by the last call (prefix reuse skips the rest)
+        self.n_evaluated = 0  # tokens evaluated over the session's life
 
     @property
     def n_past(self) -> int:
@@ -140,6 +188,7 @@ class Session:
         logits = self._ctx.eval(tokens, self.n_past, all_logits=all_logits)
         self.tokens.extend(tokens)
         self.last_eval_tokens = len(tokens)
+        self.n_evaluated += len(tokens)
         return logits
 
     def truncate(self, n: int) -> None:
@@ -154,31 +203,50 @@ class Session:
     def set_threads(self, threads: int) -> None:
         self._ctx.set_threads(threads)
 
-    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temperature: float = 0.8,
-                 top_k: int = 40, top_p: float = 0.95, seed: int | None = None) -> Iterator[str]:
-        tok = self.model.tokenizer
+    def feed(self, tokens: Sequence[int]) -> np.ndarray:
+        """Make the cache hold exactly tokens, evaluating only those past the common prefix
+        with what it holds now; returns the last token's logits."""
+        return gen.feed(self, tokens)
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, *,
+                 stop: Sequence[str] | str | None = None, cancel: threading.Event | None = None,
+                 sampling: SamplingParams | None = None, **sampling_kwargs: Any) -> gen.Generation:
+        """Stream the completion of prompt (text or token ids) as text pieces.
+
+        Sampling is `sampling` with any SamplingParams field given by keyword
+        replaced (temperature=0 is greedy). Generation ends at an end-of-generation
+        token, after max_tokens, at a stop string (not emitted), when cancelled
+        (cancel.set() or Generation.cancel() from any thread), or when the context
+        is full; `stop_reason` on the returned Generation says which. The cache
+        keeps the prompt's common prefix with what it held, so a prompt that
+        extends the previous one only evaluates what is new.
+        """
         ids = self.model.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        if not ids:
-            ids = [tok.bos_id] if tok.bos_id is not None else []
+        if not ids and self.model.tokenizer.bos_id is not None:
+            ids = [self.model.tokenizer.bos_id]
         if not ids:
             raise ValueError("the prompt is empty and the model has no BOS token to start from")
-        self.reset()
-        rng = np.random.default_rng(seed)
-        logits = self.eval(ids)
-        pending = b""
-        for _ in range(max_tokens):
-            token = _sample_basic(logits, temperature, top_k, top_p, rng)
-            if token == tok.eos_id:
-                break
-            pending += tok.token_bytes(token)
-            text, pending = _split_utf8(pending)
-            if text:
-                yield text
-            if self.n_past >= self.n_ctx:
-                break
-            logits = self.eval([token])
-        if pending:
-            yield pending.decode("utf-8", errors="replace")
+        gen.check_fits(len(ids), self.n_ctx)
+        params = gen.sampling_params(sampling, **sampling_kwargs)
+        return gen.Generation(self, ids, params=params, max_tokens=max_tokens, stop=stop, cancel=cancel)
+
+    def chat(self, messages: Sequence[Message], max_tokens: int = 512, *,
+             stop: Sequence[str] | str | None = None, cancel: threading.Event | None = None,
+             overflow: gen.OverflowPolicy = "error", sampling: SamplingParams | None = None,
+             **sampling_kwargs: Any) -> gen.Generation:
+        """Stream the assistant's answer to OpenAI-style messages (see generate).
+
+        overflow="error" raises ContextOverflowError when the prompt does not fit;
+        "drop_oldest" drops the oldest turns (keeping the system prompt) until the
+        prompt leaves room for max_tokens. `Generation.messages` are the messages
+        the prompt was built from.
+        """
+        ids, kept = gen.chat_prompt(self.model.chat_format, self.model.tokenizer.encode, messages,
+                                    self.n_ctx, max_tokens, overflow)
+        params = gen.sampling_params(sampling, **sampling_kwargs)
+        g = gen.Generation(self, ids, params=params, max_tokens=max_tokens, stop=stop, cancel=cancel)
+        g.messages = kept
+        return g
 
     def close(self) -> None:
         self._ctx.close()
@@ -188,33 +256,6 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _split_utf8(data: bytes) -> tuple[str, bytes]:
-    """Decode the complete UTF-8 prefix of data; keep an unfinished character for later."""
-    for cut in range(len(data), max(len(data) - 4, -1), -1):
-        try:
-            return data[:cut].decode("utf-8"), data[cut:]
-        except UnicodeDecodeError:
-            continue
-    return data.decode("utf-8", errors="replace"), b""
-
-
-def _sample_basic(logits: np.ndarray, temperature: float, top_k: int, top_p: float,
-                  rng: np.random.Generator) -> int:
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    k = min(top_k, logits.size) if top_k > 0 else logits.size
-    idx = np.argpartition(-logits, k - 1)[:k]
-    idx = idx[np.argsort(-logits[idx])]
-    z = logits[idx].astype(np.float64) / temperature
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    if top_p < 1.0:
-        keep = int(np.searchsorted(np.cumsum(p), top_p) + 1)
-        p = p[:keep] / p[:keep].sum()
-        idx = idx[:keep]
-    return int(idx[rng.choice(len(p), p=p)])
 
 
 def load(path: str | os.PathLike[str], backend: str | None = None, threads: int | None = None,

@@ -253,16 +253,17 @@ def test_large_vocabulary_fast_paths_match_definition(seed: int) -> None:
     for extra in [
         dict(top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1),
         dict(top_k=0, top_p=0.9, min_p=0.0),
+        dict(top_k=0, top_p=0.995, min_p=0.0, temperature=1.7),
         dict(top_k=0, top_p=1.0, min_p=0.1),
         dict(top_k=3000, top_p=1.0, min_p=0.0),
         dict(top_k=7, top_p=0.5, min_p=0.0, frequency_penalty=1.0, presence_penalty=0.5),
     ]:
-        params = SamplingParams(temperature=0.8, seed=0, **extra)
+        params = SamplingParams(**{"temperature": 0.8, "seed": 0, **extra})
         ids, probs = Sampler(params).distribution(logits, history)
         want = oracle(logits, history, params)
         assert_same_distribution(as_dict(ids, probs), want)
-        if params.top_k or params.top_p < 1:
-            # candidates come ranked: logit descending, ties by id
+        if params.top_k:
+            # top-k candidates come ranked: logit descending, ties by id
             pen = apply_penalties(logits, history, params)
             keys = [(-pen[i], i) for i in ids]
             assert keys == sorted(keys)
