@@ -16,11 +16,10 @@ fraction of it.
 from __future__ import annotations
 
 import os
-import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -245,9 +244,6 @@ class Result:
     def limit_tok_s(self, bandwidth: float) -> float:
         return bandwidth / self.weight_bytes_per_token
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def time_workload(session: Any, prompt: Sequence[int], workload: Workload, rounds: int) -> list[float]:
     """Seconds of each of `rounds` timed runs."""
@@ -344,6 +340,3 @@ def machine_description() -> str:
         pass
     return f"{cpu}, {os.cpu_count()} logical CPUs{mem}, {platform.system()} {platform.release()}"
 
-
-def statistics_line(times: Sequence[float]) -> str:
-    return f"best {min(times):.4f} s, median {statistics.median(times):.4f} s over {len(times)} rounds"
