@@ -78,6 +78,9 @@ def run_from_json(path: str | os.PathLike[str]) -> Run:
         info = b.get("extra_info") or {}
         if info.get("workload") == "bandwidth":
             run.bandwidth, run.threads = float(info["bytes_per_s"]), int(info["threads"])
+            if info.get("c_kernel_GB_s"):
+                run.notes.append(f"Cross-check: the C kernel tests/benchmarks/read_bandwidth.c read "
+                                 f"{float(info['c_kernel_GB_s']):.1f} GB/s in the same run.")
             continue
         if "model" not in info:
             continue
