@@ -9,7 +9,7 @@ import pytest
 
 import llama2
 from llama2.cli import main
-from llama2.perplexity import ModelScorer, as_scorer, kl_divergence, perplexity, pydoc_text, windows
+from llama2.perplexity import CachedScorer, ModelScorer, as_scorer, kl_divergence, perplexity, pydoc_text, windows
 from llama2.reference import reference_from_gguf
 
 N_CTX = 16
@@ -80,6 +80,9 @@ def test_kl_divergence_self_and_quantized(tiny_model) -> None:
         assert same.top1_agreement == 1.0
         assert same.ppl_base == pytest.approx(same.ppl_model)
         got = kl_divergence(b, q, tokens, N_CTX)
+        cached = CachedScorer(b)
+        assert kl_divergence(cached, q, tokens, N_CTX) == got  # filled the cache
+        assert kl_divergence(cached, q, tokens, N_CTX) == got  # served from it
         b.close()
         q.close()
     # the same quantity from the float64 reference on both files

@@ -61,12 +61,13 @@ def bench_dir() -> Path:
 
 def _derive(src: Path, out: Path, qtype: str) -> Path:
     """SmolLM2 in another type, through the converter (plain rounding: the speed does not depend on it)."""
+    if out.is_file():
+        return out
     try:
         from llama2.convert.export import export, open_checkpoint
     except ImportError:
         pytest.skip("deriving SmolLM2 files needs the GGUF exporter (llama2.convert.export)")
-    if not out.is_file():
-        export(open_checkpoint(src), out, GGMLType[qtype], search=False, progress=False)
+    export(open_checkpoint(src), out, GGMLType[qtype], search=False, progress=False)
     return out
 
 
