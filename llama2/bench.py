@@ -236,6 +236,7 @@ class Result:
     tok_s: dict[str, float] = field(default_factory=dict)  # workload -> tokens per second (best round)
     seconds: dict[str, list[float]] = field(default_factory=dict)  # workload -> every round's time
     skipped: str | None = None
+    bandwidth: float | None = None  # bytes/s read bandwidth measured in the same run, for the limit
 
     def ttft_seconds(self) -> float | None:
         runs = self.seconds.get("ttft")

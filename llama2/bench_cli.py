@@ -81,6 +81,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     bar.update()
 
                 result = measure(model, backend, threads, rounds=args.rounds, workloads=workloads, on_step=step)
+                result.bandwidth = run.bandwidth
                 if result.skipped:
                     bar.update(1 + len(workloads))
                 run.results.append(result)

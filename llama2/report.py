@@ -95,8 +95,9 @@ def run_from_json(path: str | os.PathLike[str]) -> Run:
         else:
             r.tok_s[info["workload"]] = float(info["tok_s"])
             r.seconds[info["workload"]] = [float(s) for s in info.get("seconds", [])]
-            if info["workload"] == "decode" and run.bandwidth is None:
-                run.bandwidth = float(info["bandwidth_GB_s"]) * 1e9
+            if info["workload"] == "decode":
+                r.bandwidth = float(info["bandwidth_GB_s"]) * 1e9
+                run.bandwidth = run.bandwidth or r.bandwidth
     run.results = list(by_pair.values())
     return run
 
@@ -129,7 +130,7 @@ def speed_table(run: Run) -> str:
         if r.skipped:
             continue
         ttft = r.ttft_seconds()
-        limit = r.limit_tok_s(bw) if bw else None
+        limit = r.limit_tok_s(r.bandwidth or bw) if (r.bandwidth or bw) else None
         dec = r.tok_s.get("decode")
         row = [r.model, r.main_type, _f(r.bits_per_weight, ".2f"), r.backend, _f(r.load_seconds, ".2f"),
                _f(None if r.resident_bytes is None else r.resident_bytes / 2**20, ".0f"),
@@ -173,7 +174,7 @@ def terminal_table(run: Run) -> str:
             rows.append([r.model, r.backend, f"skipped: {r.skipped}"])
             continue
         ttft = r.ttft_seconds()
-        limit = r.limit_tok_s(bw) if bw else None
+        limit = r.limit_tok_s(r.bandwidth or bw) if (r.bandwidth or bw) else None
         dec = r.tok_s.get("decode")
         rows.append([r.model, r.backend, _f(r.load_seconds, ".2f"),
                      _f(None if r.resident_bytes is None else r.resident_bytes / 2**20, ".0f"),
@@ -220,7 +221,7 @@ def plot_speed(run: Run, out: Path) -> Path | None:
         if workload == "decode" and run.bandwidth:
             for i, m in enumerate(models):
                 r = next(r for r in rows if r.model == m)
-                lim = r.limit_tok_s(run.bandwidth)
+                lim = r.limit_tok_s(r.bandwidth or run.bandwidth)
                 ax.hlines(lim, i - 0.45, i + 0.45, colors="black", linestyles="dashed",
                           label="bandwidth limit" if i == 0 else None)
         ax.set_xticks(range(len(models)), [m.replace(".gguf", "") for m in models], rotation=30, ha="right",
