@@ -285,7 +285,8 @@ def write_report(run: Run, path: str | os.PathLike[str], title: str = "llama2 be
     parts = [f"# {title}", "",
              f"Machine: {run.machine}. Date: {run.date}. Commit: {run.commit}. Python {run.python}. "
              f"Read bandwidth measured in the same run: {bw}.", ""]
-    parts += [f"{n}" for n in run.notes] + ([""] if run.notes else [])
+    for note in (n for n in run.notes if n.strip()):
+        parts += [note, ""]  # a paragraph each
     if run.results:
         parts += ["## Speed", "",
                   "decode: tokens/s generating 64 tokens after a 16-token prompt, one token per call through the "
