@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from .errors import Llama2Error
 
 # Modules that add sub-commands, in the order `llama2 --help` lists them.
-COMMAND_MODULES: list[str] = ["llama2.chat_cli", "llama2.convert.commands", "llama2.webui.commands"]
+COMMAND_MODULES: list[str] = [
+    "llama2.chat_cli",
+    "llama2.convert.commands",
+    "llama2.quality_cli",
+    "llama2.bench_cli",
+    "llama2.webui.commands",
+]
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
