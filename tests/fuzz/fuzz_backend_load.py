@@ -227,6 +227,8 @@ class Harness:
             table[i].n_bytes = t.n_bytes % (1 << 64)
         desc = f.new("llama2_model_desc *")
         for key, value in hp.items():
+            if isinstance(value, int):  # a C caller can only pass int32: wrap as its conversion would
+                value = (value + (1 << 31)) % (1 << 32) - (1 << 31)
             setattr(desc, key, value)
         # a count larger than the table would make the caller break the contract: only smaller ones
         table_mode = fdp.ConsumeIntInRange(0, 31)
