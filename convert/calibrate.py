@@ -40,7 +40,7 @@ def collect_importance(ckpt: Checkpoint, text: str, *, max_tokens: int = 1024, w
     """Mean squared input activation per column, for every matmul weight, keyed by GGUF tensor name."""
     from tqdm import tqdm
 
-    from llama2.reference import ReferenceConfig, ReferenceLlama
+    from llama2.reference import ReferenceLlama
 
     hp = ckpt.hparams
     tokens = tokenize_for_calibration(ckpt.tokenizer, text)[:max_tokens]
@@ -48,10 +48,7 @@ def collect_importance(ckpt: Checkpoint, text: str, *, max_tokens: int = 1024, w
         raise ValueError("the calibration text is too short (fewer than 2 tokens)")
     loading = tqdm(ckpt.tensors, desc="loading for calibration", disable=not progress)
     weights = {t.name: t.load() for t in loading}
-    cfg = ReferenceConfig(n_vocab=hp.n_vocab, n_embd=hp.n_embd, n_layer=hp.n_layer, n_head=hp.n_head,
-                          n_head_kv=hp.n_head_kv, n_ff=hp.n_ff, rms_eps=hp.rms_eps,
-                          rope_freq_base=hp.rope_freq_base, n_rot=hp.rot_dims)
-    model = ReferenceLlama(cfg, weights, dtype=torch.float32)
+    model = ReferenceLlama(hp, weights, dtype=torch.float32)
     del weights
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}

@@ -9,27 +9,11 @@ Weights use GGUF tensor names and PyTorch shapes ([out, in]).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class ReferenceConfig:
-    n_vocab: int
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    n_ff: int
-    rms_eps: float = 1e-5
-    rope_freq_base: float = 10000.0
-    n_rot: int | None = None
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+from .convert.gguf_writer import LlamaHParams
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -56,7 +40,7 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, n_rot: int, base: float) ->
 class ReferenceLlama:
     """Evaluates tokens with a growing KV cache, like a backend's context does."""
 
-    def __init__(self, cfg: ReferenceConfig, weights: Mapping[str, torch.Tensor | np.ndarray],
+    def __init__(self, cfg: LlamaHParams, weights: Mapping[str, torch.Tensor | np.ndarray],
                  dtype: torch.dtype = torch.float64) -> None:
         self.cfg = cfg
         self.dtype = dtype
@@ -88,7 +72,7 @@ class ReferenceLlama:
         cfg, w = self.cfg, self.w
         n = len(tokens)
         hd = cfg.head_dim
-        n_rot = cfg.n_rot or hd
+        n_rot = cfg.rot_dims
         positions = torch.arange(self.n_past, self.n_past + n)
         x = w["token_embd.weight"][torch.tensor(tokens, dtype=torch.long)]
         for i in range(cfg.n_layer):
@@ -139,7 +123,7 @@ def reference_from_gguf(path: str, dtype: torch.dtype = torch.float64) -> Refere
     for t in reader.tensors:
         data = gguf.quants.dequantize(t.data, t.tensor_type)
         weights[t.name] = np.asarray(data, dtype=np.float64).reshape([int(d) for d in reversed(t.shape)])
-    cfg = ReferenceConfig(
+    cfg = LlamaHParams(
         n_vocab=weights["token_embd.weight"].shape[0],
         n_embd=n_embd,
         n_layer=int(field("llama.block_count")),

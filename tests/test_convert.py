@@ -24,7 +24,7 @@ from llama2.convert.synthetic import (
 )
 from llama2.convert.tokenizer import LLAMA2_CHAT_TEMPLATE
 
-from llama2.reference import ReferenceConfig, ReferenceLlama, reference_from_gguf
+from llama2.reference import ReferenceLlama, reference_from_gguf
 
 TOKENS = [1, 45, 300, 7, 99, 260, 12, 3, 200, 150, 31]
 
@@ -48,10 +48,7 @@ def source_reference(hp: LlamaHParams, seed: int = 0, dtype: torch.dtype = torch
     """The reference model on the weights the synthetic writer put into the source checkpoint."""
     weights = {name: torch.from_numpy(a).to(dtype).to(torch.float64)
                for name, a in random_llama_tensors(hp, seed, tied)}
-    cfg = ReferenceConfig(n_vocab=hp.n_vocab, n_embd=hp.n_embd, n_layer=hp.n_layer, n_head=hp.n_head,
-                          n_head_kv=hp.n_head_kv, n_ff=hp.n_ff, rms_eps=hp.rms_eps,
-                          rope_freq_base=hp.rope_freq_base)
-    return ReferenceLlama(cfg, weights)
+    return ReferenceLlama(hp, weights)
 
 
 def file_logits(path: Path, tokens: list[int]) -> np.ndarray:

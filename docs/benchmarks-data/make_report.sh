@@ -1,17 +1,24 @@
-#!/bin/bash
-cd /work/wt/bench
-B=$(cat /tmp/srun/load-before.txt | sed 's/.*load average: //'); A=$(cat /tmp/srun/load-after-smollm2-rest.txt 2>/dev/null | sed 's/.*load average: //')
-/work/venvs/bench/bin/llama2 bench --from-json /tmp/srun/speed-smollm2.json --from-json /tmp/srun/speed-smollm2-rest.json --from-json /tmp/srun/speed-7b.json --from-json /tmp/srun/quality.json \
+#!/usr/bin/env bash
+# Rebuild docs/benchmarks.md and its plots from the JSON results in this folder.
+# speed.json: LLAMA2_BENCH_MODELS=smollm2,7b LLAMA2_BENCH_ROUNDS=1 \
+#   pytest tests/benchmarks/test_speed.py --benchmark-json=docs/benchmarks-data/speed.json
+# quality.json: llama2 bench --no-speed --quality @pydoc --base smollm2-135m-f32.gguf --windows 6 \
+#   smollm2-135m-*.gguf SmolLM2-135M-Instruct.Q4_1.gguf --json docs/benchmarks-data/quality.json
+# (the files live in ~/.cache/llama2/bench, made by the suite's fixtures).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+llama2 bench --from-json docs/benchmarks-data/speed.json --from-json docs/benchmarks-data/quality.json \
   --report docs/benchmarks.md \
-  --note "**Shared machine.** Measured on a 2-vCPU VM shared with other jobs that were building and testing at the same time (load average $B at the start of the speed run, ${A:-?} at the end). Speeds are lower bounds and noisy; each figure is one timed round (the shared machine did not leave time for more), with 2 threads. OpenMP ran with OMP_WAIT_POLICY=passive: with the default spinning policy, 2 threads on this oversubscribed 2-CPU machine decoded the tiny model 20-50 times slower than 1 thread (5 tok/s against 170), which measures the contention, not the backend." \
+  --note "**Quiet machine.** The speed run had the machine to itself (load average ${LOAD_BEFORE:-under 2} before, ${LOAD_AFTER:-under 2} after); one timed round per figure, 2 threads, libgomp's barrier spin bounded as llama2 sets it (GOMP_SPINCOUNT=10000). The quality table was computed earlier with cpu_f32 (exact arithmetic, so machine load does not change it)." \
   --note "" \
-  --note "**7B** files are random weights of LLaMA-2 7B's shape (write_random_llama, seed 0), Q4_0 (3.8 GB) and Q8_0 (7.2 GB). The F32 one (27 GB) is not measured: it does not fit in this machine's 24 GB of RAM. A backend that would have to convert a file to more than 80% of the free memory (pessimistically: to F32) is skipped and listed under Not measured." \
+  --note "**7B** files are random weights of LLaMA-2 7B's shape (\`llama2 convert --synthetic 7b\`, seed 0), Q4_0 (3.8 GB) and Q8_0 (7.2 GB). F32 (27 GB) does not fit in this machine's 24 GB; a backend whose load-time conversion would need more than 80% of free memory is skipped and listed under Not measured." \
   --note "" \
-  --note "**llama.cpp** is missing from these tables: llama-cpp-python is not installed on this machine (it compiles llama.cpp for a long time). With \`pip install '.[bench]'\` the suite, \`llama2 bench\` and \`llama2 bench --quality ... --peer-quality\` run it on the same files, tokens and thread count." \
+  --note "**llama.cpp** is missing: llama-cpp-python is not installed here (it compiles llama.cpp). With \`pip install '.[bench]'\` the suite and \`llama2 bench\` run it on the same files, tokens and threads." \
   --note "" \
-  --note "**Quality files.** Base: the original SmolLM2-135M-Instruct Q4_1 file dequantized to F32 (\`llama2 quantize SmolLM2-135M-Instruct.Q4_1.gguf smollm2-135m-f32.gguf f32\`). plain = ggml's round-to-nearest (\`--plain\`), what llama.cpp's quantizer does without an importance matrix; improved = the per-block scale search of convert/quantize.py (the default). 4-bit files keep the tied token embedding at Q8_0. The files were scored with cpu_f32, which runs the dequantized weights in F32, so the table compares the quantizers alone (not the 8-bit activations of cpu_q8/cpu_q4). The Q4_1 rows are degenerate: the base is itself Q4_1 data, so re-quantizing it to Q4_1, with either quantizer, gives back exactly the same weights (KLD 0)." \
+  --note "**Quality files.** Base: SmolLM2-135M-Instruct's Q4_1 file dequantized to F32. plain = ggml's round-to-nearest (\`--plain\`); improved = the per-block scale search of convert/quantize.py (the default). 4-bit files keep the tied embedding at Q8_0. Scored with cpu_f32 so the table compares the quantizers alone. The Q4_1 rows are degenerate: the base is itself Q4_1 data." \
   --note "" \
-  --note "**Over 100 % of the limit**: the limit counts the bytes of the file; a backend that converts at load to a smaller type (cpu_q8 and cpu_q4 turn F32 matrices into Q8_0) reads fewer bytes per token than that. The three runs (SmolLM2 Q4_1, the other SmolLM2 files, 7B) each measured their own bandwidth (numpy: 4.1, 5.0 and 5.3 GB/s; the C kernel: 2.6, 2.5 and 3.1 GB/s); each row uses its own run's figure." \
+  --note "**Over 100 % of the limit**: the limit counts the bytes of the file; a backend that converts at load to a smaller type reads fewer bytes per token than that." \
   --note "" \
-  --note "**Resident MiB** is the growth of the process while loading and running one token; the suite loads many models in one process, and memory freed by an earlier model is reused without growth, so some rows (cpu_f32 on the 4-bit files) understate. Run one pair per process for exact figures." \
-  --note "**Reproduce.** Speed: \`LLAMA2_BENCH_MODELS=smollm2 LLAMA2_BENCH_ROUNDS=1 pytest tests/benchmarks/test_speed.py --benchmark-json=speed-smollm2.json\` (and the same with \`7b\`). Quality: \`llama2 bench --no-speed --quality @pydoc --base smollm2-135m-f32.gguf --windows 6 smollm2-135m-*.gguf SmolLM2-135M-Instruct.Q4_1.gguf --json quality.json\`. Report: \`llama2 bench --from-json speed-smollm2.json --from-json speed-7b.json --from-json quality.json --report docs/benchmarks.md\`. On your own machine, \`llama2 bench MODEL.gguf\` prints the speed table directly."
+  --note "**Resident MiB** is the growth of the process while loading and running one token; many models load in one process, so rows after a freed model can understate." \
+  --note "" \
+  --note "**Reproduce**: the commands at the top of docs/benchmarks-data/make_report.sh."
