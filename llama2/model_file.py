@@ -16,7 +16,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from .convert.gguf_writer import LlamaHParams
+from .convert.gguf_writer import LlamaHParams, llama_tensor_shapes
 from .errors import ModelFormatError, UnsupportedModelError
 
 GGUF_MAGIC = b"GGUF"
@@ -123,29 +123,6 @@ class TensorInfo:
     @property
     def n_bytes(self) -> int:
         return int(self.data.nbytes)
-
-
-def _layer_tensors(hp: LlamaHParams) -> dict[str, tuple[int, ...]]:
-    """Expected ggml-order shapes of every tensor of a llama model."""
-    kv_dim = hp.n_head_kv * hp.head_dim
-    shapes: dict[str, tuple[int, ...]] = {
-        "token_embd.weight": (hp.n_embd, hp.n_vocab),
-        "output_norm.weight": (hp.n_embd,),
-    }
-    for i in range(hp.n_layer):
-        p = f"blk.{i}."
-        shapes.update({
-            p + "attn_norm.weight": (hp.n_embd,),
-            p + "attn_q.weight": (hp.n_embd, hp.n_embd),
-            p + "attn_k.weight": (hp.n_embd, kv_dim),
-            p + "attn_v.weight": (hp.n_embd, kv_dim),
-            p + "attn_output.weight": (hp.n_embd, hp.n_embd),
-            p + "ffn_norm.weight": (hp.n_embd,),
-            p + "ffn_gate.weight": (hp.n_embd, hp.n_ff),
-            p + "ffn_up.weight": (hp.n_embd, hp.n_ff),
-            p + "ffn_down.weight": (hp.n_ff, hp.n_embd),
-        })
-    return shapes
 
 
 class ModelFile:
@@ -285,22 +262,16 @@ class ModelFile:
         return tensors
 
     def _check_shapes(self) -> None:
-        hp = self.hparams
-        expected = _layer_tensors(hp)
-        for name, shape in expected.items():
+        # the writer's list of tensors, in PyTorch order; messages use the file's (ggml) order
+        for name, shape in llama_tensor_shapes(self.hparams, tied_output=self.tied_output).items():
             t = self.tensors.get(name)
             if t is None:
                 raise ModelFormatError(f"{self.path}: missing tensor {name}")
-            if t.ne != shape:
+            if t.shape != shape:
                 raise ModelFormatError(
-                    f"{self.path}: tensor {name} has shape {list(t.ne)}, expected {list(shape)} "
+                    f"{self.path}: tensor {name} has shape {list(t.ne)}, expected {list(reversed(shape))} "
                     f"from the hyper-parameters"
                 )
-        out = self.tensors.get("output.weight")
-        if out is not None and out.ne != (hp.n_embd, hp.n_vocab):
-            raise ModelFormatError(
-                f"{self.path}: tensor output.weight has shape {list(out.ne)}, expected {[hp.n_embd, hp.n_vocab]}"
-            )
         for t in self.tensors.values():
             if len(t.ne) == 1 and t.type != 0:
                 raise UnsupportedModelError(f"{self.path}: 1-D tensor {t.name} must be F32")
