@@ -37,13 +37,37 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, n_rot: int, base: float) ->
     return torch.cat([out, x[..., n_rot:]], dim=-1)
 
 
+def round_like_q8_activations(x: torch.Tensor) -> torch.Tensor:
+    """x as the 8-bit CPU backends (and llama.cpp) see a matmul input: rounded in blocks of 32.
+
+    Each block of 32 values along the last axis gets the scale d = max|x| / 127
+    (a float32, as in `l2_block_q8_act`) and becomes d * round(x / d), rounding
+    halves away from zero like C's roundf. The rounding is the only error that
+    cpu_q8 and cpu_q4 add to the dequantized weights, so a reference that makes
+    it too checks those backends to float rounding instead of to the ~1-3% that
+    8-bit activations cost.
+    """
+    if x.shape[-1] % 32:
+        raise ValueError(f"the last axis ({x.shape[-1]}) is not a whole number of blocks of 32")
+    blocks = x.reshape(-1, 32)
+    d = (blocks.abs().amax(dim=1, keepdim=True).to(torch.float32) / 127).to(x.dtype)
+    scaled = blocks * torch.where(d > 0, 1 / d, torch.zeros_like(d))
+    q = torch.sign(scaled) * torch.floor(scaled.abs() + 0.5)
+    return (q * d).reshape(x.shape)
+
+
 class ReferenceLlama:
-    """Evaluates tokens with a growing KV cache, like a backend's context does."""
+    """Evaluates tokens with a growing KV cache, like a backend's context does.
+
+    With round_activations, every matmul input is first rounded as the 8-bit
+    CPU backends quantize it (`round_like_q8_activations`).
+    """
 
     def __init__(self, cfg: LlamaHParams, weights: Mapping[str, torch.Tensor | np.ndarray],
-                 dtype: torch.dtype = torch.float64) -> None:
+                 dtype: torch.dtype = torch.float64, round_activations: bool = False) -> None:
         self.cfg = cfg
         self.dtype = dtype
+        self.round_activations = round_activations
         self.w = {k: torch.as_tensor(np.asarray(v)).to(dtype) for k, v in weights.items()}
         if "output.weight" not in self.w:  # tied embeddings
             self.w["output.weight"] = self.w["token_embd.weight"]
@@ -64,6 +88,8 @@ class ReferenceLlama:
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if self.observer is not None:
             self.observer(name, x)
+        if self.round_activations:
+            x = round_like_q8_activations(x)
         return x @ self.w[name].T
 
     @torch.no_grad()
@@ -103,7 +129,8 @@ class ReferenceLlama:
         return self.linear(x, "output.weight").numpy()
 
 
-def reference_from_gguf(path: str, dtype: torch.dtype = torch.float64) -> ReferenceLlama:
+def reference_from_gguf(path: str, dtype: torch.dtype = torch.float64,
+                        round_activations: bool = False) -> ReferenceLlama:
     """A reference model on the dequantized weights of a GGUF file (any type gguf can read)."""
     import gguf
 
@@ -134,4 +161,4 @@ def reference_from_gguf(path: str, dtype: torch.dtype = torch.float64) -> Refere
         rope_freq_base=float(field("llama.rope.freq_base", 10000.0)),
         n_rot=int(field("llama.rope.dimension_count", n_embd // n_head)),
     )
-    return ReferenceLlama(cfg, weights, dtype)
+    return ReferenceLlama(cfg, weights, dtype, round_activations)

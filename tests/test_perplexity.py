@@ -148,3 +148,35 @@ def test_smollm2_perplexity_agrees_with_llama_cpp(smollm2_path) -> None:
     finally:
         peer.close()
     assert ours.ppl == pytest.approx(theirs.ppl, rel=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("qtype", "backend"), [("Q8_0", "cpu_q8"), ("Q4_0", "cpu_q4")])
+def test_8_and_4_bit_backends_score_like_llama_cpp(smollm2_path, tmp_path_factory, qtype: str,
+                                                   backend: str) -> None:
+    """Issue 4's check: our Q8_0 and Q4_0 files of SmolLM2, each on its backend, within 0.5% of llama.cpp.
+
+    Both engines round activations to 8-bit blocks, so they should differ by
+    little more than the order of float additions.
+    """
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (the .[bench] extra) is not installed")
+    from llama2.convert.export import export, open_checkpoint
+    from llama2.convert.gguf_writer import GGMLType
+
+    from llama2.llamacpp import LlamaCppModel
+
+    path = tmp_path_factory.mktemp("smollm2") / f"smollm2-{qtype}.gguf"
+    export(open_checkpoint(smollm2_path), path, GGMLType[qtype], search=False, progress=False)
+    text = pydoc_text(60_000)
+    with llama2.load(path, backend=backend, threads=2) as model:
+        ours_scorer = ModelScorer(model)
+        tokens = ours_scorer.tokenize(text)
+        ours = perplexity(ours_scorer, tokens, 512, max_windows=8)
+        ours_scorer.close()
+    peer = LlamaCppModel(path, threads=2, n_ctx=512, all_logits_capable=True)
+    try:
+        theirs = perplexity(as_scorer(peer), tokens, 512, max_windows=8)
+    finally:
+        peer.close()
+    print(f"{qtype} {backend}: ours {ours.ppl:.4f}, llama.cpp {theirs.ppl:.4f}")
+    assert ours.ppl == pytest.approx(theirs.ppl, rel=0.005)
