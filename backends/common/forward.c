@@ -4,7 +4,6 @@
  * Activations are [token][dim] rows; every matmul takes the whole batch at once. */
 #include <math.h>
 #include <omp.h>
-#include <string.h>
 
 #include "convert.h"
 #include "cpu_engine.h"
@@ -80,17 +79,9 @@ static void attention(llama2_context *ctx, int32_t l, int32_t n_tokens, int32_t 
             const float *q = ctx->q + (int64_t)t * n_embd + h * hd;
             int32_t kv_off = (h / group) * hd;
             int32_t n_keys = pos + t + 1;
-            for (int32_t s = 0; s < n_keys; s++)
-                att[s] = k->dot_f32(hd, q, kc + (int64_t)s * kv_dim + kv_off) * scale;
+            k->dot_f32_rows(hd, q, kc + kv_off, kv_dim, n_keys, scale, att);
             softmax(att, n_keys);
-            float *out = ctx->xb2 + (int64_t)t * n_embd + h * hd;
-            memset(out, 0, (size_t)hd * sizeof *out);
-            for (int32_t s = 0; s < n_keys; s++) {
-                const float *v = vc + (int64_t)s * kv_dim + kv_off;
-                float a = att[s];
-                for (int32_t i = 0; i < hd; i++)
-                    out[i] += a * v[i];
-            }
+            k->weighted_sum_f32(hd, att, vc + kv_off, kv_dim, n_keys, ctx->xb2 + (int64_t)t * n_embd + h * hd);
         }
     }
 }

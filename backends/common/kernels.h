@@ -20,6 +20,13 @@ typedef struct {
     float (*dot_q4_0)(int64_t n, const l2_block_q4_0 *w, const l2_block_q8_act *x);
     float (*dot_q4_1)(int64_t n, const l2_block_q4_1 *w, const l2_block_q8_act *x);
     float (*dot_f32)(int64_t n, const float *w, const float *x); /* n any length */
+    /* Attention over a cache of float rows (n any length, rows row_stride floats apart):
+     * out[r] = scale * (x . row r) for r < n_rows (the scores), and
+     * y[i] = sum over r of a[r] * row r [i] for i < n (the weighted sum of values). */
+    void (*dot_f32_rows)(int64_t n, const float *x, const float *rows, int64_t row_stride, int64_t n_rows,
+                         float scale, float *out);
+    void (*weighted_sum_f32)(int64_t n, const float *a, const float *rows, int64_t row_stride, int64_t n_rows,
+                             float *y);
     l2_gemm_x8_fn gemm_q8_0_x8, gemm_q4_0_x8, gemm_q4_1_x8;
 } l2_kernels;
 

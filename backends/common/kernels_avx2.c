@@ -154,6 +154,78 @@ L2_TARGET_AVX2 float l2_dot_f32_avx2(int64_t n, const float *w, const float *x)
     return sum;
 }
 
+/* Four rows at a time: x is loaded once for the four, and one transposing
+ * horizontal sum (three hadds and a 128-bit add) gives all four dot products. */
+L2_TARGET_AVX2 void l2_dot_f32_rows_avx2(int64_t n, const float *x, const float *rows, int64_t row_stride,
+                                         int64_t n_rows, float scale, float *out)
+{
+    const __m128 vscale = _mm_set1_ps(scale);
+    int64_t r = 0;
+    for (; r + 4 <= n_rows; r += 4) {
+        const float *r0 = rows + r * row_stride, *r1 = r0 + row_stride, *r2 = r1 + row_stride,
+                    *r3 = r2 + row_stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+               a3 = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + i);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + i), xv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1 + i), xv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2 + i), xv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3 + i), xv, a3);
+        }
+        /* lanes: [r0 r1 r2 r3 | r0 r1 r2 r3] partial sums */
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+        __m128 sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        if (i < n) {
+            float tail[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (; i < n; i++) {
+                tail[0] += r0[i] * x[i];
+                tail[1] += r1[i] * x[i];
+                tail[2] += r2[i] * x[i];
+                tail[3] += r3[i] * x[i];
+            }
+            sums = _mm_add_ps(sums, _mm_loadu_ps(tail));
+        }
+        _mm_storeu_ps(out + r, _mm_mul_ps(sums, vscale));
+    }
+    for (; r < n_rows; r++)
+        out[r] = scale * l2_dot_f32_avx2(n, rows + r * row_stride, x);
+}
+
+/* Up to 64 outputs stay in eight accumulators across all the rows, so each row
+ * costs its loads and FMAs only, not a load and a store of y per element. */
+L2_TARGET_AVX2 void l2_weighted_sum_f32_avx2(int64_t n, const float *a, const float *rows, int64_t row_stride,
+                                             int64_t n_rows, float *y)
+{
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m256 acc[8];
+        for (int j = 0; j < 8; j++)
+            acc[j] = _mm256_setzero_ps();
+        for (int64_t r = 0; r < n_rows; r++) {
+            const __m256 ar = _mm256_set1_ps(a[r]);
+            const float *row = rows + r * row_stride + i;
+            for (int j = 0; j < 8; j++)
+                acc[j] = _mm256_fmadd_ps(ar, _mm256_loadu_ps(row + 8 * j), acc[j]);
+        }
+        for (int j = 0; j < 8; j++)
+            _mm256_storeu_ps(y + i + 8 * j, acc[j]);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t r = 0; r < n_rows; r++)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(a[r]), _mm256_loadu_ps(rows + r * row_stride + i), acc);
+        _mm256_storeu_ps(y + i, acc);
+    }
+    for (; i < n; i++) {
+        float sum = 0.0f;
+        for (int64_t r = 0; r < n_rows; r++)
+            sum += a[r] * rows[r * row_stride + i];
+        y[i] = sum;
+    }
+}
+
 /* ---- GEMMs over eight interleaved rows (repack.h) ----
  *
  * Token tiles of up to L2_TT: each 32-byte load of weights is unpacked once
@@ -292,6 +364,8 @@ static const l2_kernels kernels_avx2 = {
     .dot_q4_0 = dot_q4_0_avx2,
     .dot_q4_1 = dot_q4_1_avx2,
     .dot_f32 = l2_dot_f32_avx2,
+    .dot_f32_rows = l2_dot_f32_rows_avx2,
+    .weighted_sum_f32 = l2_weighted_sum_f32_avx2,
     .gemm_q8_0_x8 = l2_gemm_q8_0_x8_avx2,
     .gemm_q4_0_x8 = l2_gemm_q4_0_x8_avx2,
     .gemm_q4_1_x8 = l2_gemm_q4_1_x8_avx2,

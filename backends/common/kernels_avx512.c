@@ -91,6 +91,8 @@ static const l2_kernels kernels_avx512vnni = {
     .dot_q4_0 = dot_q4_0_vnni,
     .dot_q4_1 = dot_q4_1_vnni,
     .dot_f32 = l2_dot_f32_avx2,
+    .dot_f32_rows = l2_dot_f32_rows_avx2,
+    .weighted_sum_f32 = l2_weighted_sum_f32_avx2,
     /* the AVX2 GEMMs until VNNI ones are written and measured on a CPU that has it */
     .gemm_q8_0_x8 = l2_gemm_q8_0_x8_avx2,
     .gemm_q4_0_x8 = l2_gemm_q4_0_x8_avx2,

@@ -78,6 +78,21 @@ static float dot_f32(int64_t n, const float *w, const float *x) {
     return sum;
 }
 
+static void dot_f32_rows(int64_t n, const float *x, const float *rows, int64_t row_stride, int64_t n_rows,
+                         float scale, float *out) {
+    for (int64_t r = 0; r < n_rows; r++)
+        out[r] = scale * dot_f32(n, rows + r * row_stride, x);
+}
+
+static void weighted_sum_f32(int64_t n, const float *a, const float *rows, int64_t row_stride, int64_t n_rows,
+                             float *y) {
+    for (int64_t i = 0; i < n; i++)
+        y[i] = 0.0f;
+    for (int64_t r = 0; r < n_rows; r++)
+        for (int64_t i = 0; i < n; i++)
+            y[i] += a[r] * rows[r * row_stride + i];
+}
+
 static const l2_kernels scalar_kernels = {
     .isa = "scalar",
     .quantize_act = quantize_act,
@@ -85,6 +100,8 @@ static const l2_kernels scalar_kernels = {
     .dot_q4_0 = dot_q4_0,
     .dot_q4_1 = dot_q4_1,
     .dot_f32 = dot_f32,
+    .dot_f32_rows = dot_f32_rows,
+    .weighted_sum_f32 = weighted_sum_f32,
     .gemm_q8_0_x8 = l2_gemm_q8_0_x8_scalar,
     .gemm_q4_0_x8 = l2_gemm_q4_0_x8_scalar,
     .gemm_q4_1_x8 = l2_gemm_q4_1_x8_scalar,

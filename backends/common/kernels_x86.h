@@ -15,6 +15,10 @@
 /* AVX2 kernels the AVX-512 set reuses (VNNI gains nothing there) */
 L2_TARGET_AVX2 void l2_quantize_act_avx2(const float *x, l2_block_q8_act *y, int64_t n);
 L2_TARGET_AVX2 float l2_dot_f32_avx2(int64_t n, const float *w, const float *x);
+L2_TARGET_AVX2 void l2_dot_f32_rows_avx2(int64_t n, const float *x, const float *rows, int64_t row_stride,
+                                         int64_t n_rows, float scale, float *out);
+L2_TARGET_AVX2 void l2_weighted_sum_f32_avx2(int64_t n, const float *a, const float *rows, int64_t row_stride,
+                                             int64_t n_rows, float *y);
 L2_TARGET_AVX2 void l2_gemm_q8_0_x8_avx2(int64_t n, const void *w, const l2_block_q8_act *x, int64_t x_stride,
                                          int32_t n_tokens, float *y, int64_t y_stride);
 L2_TARGET_AVX2 void l2_gemm_q4_0_x8_avx2(int64_t n, const void *w, const l2_block_q8_act *x, int64_t x_stride,

@@ -290,6 +290,57 @@ static void check_dot_f32(const l2_kernels *k, const l2_kernels *scalar, int64_t
     free(xbuf);
 }
 
+/* The attention kernels over n_rows cached rows of length n, rows padded apart
+ * (a KV cache row holds every kv head), against float64 and the scalar set. */
+static void check_attention_f32(const l2_kernels *k, const l2_kernels *scalar, int64_t n, int64_t n_rows)
+{
+    const int64_t stride = n + 3;
+    float *rows = malloc((size_t)(n_rows * stride + 1) * sizeof *rows), *x = malloc((size_t)(n + 1) * sizeof *x);
+    float *got = malloc((size_t)(n_rows > n ? n_rows : n) * sizeof *got);
+    float *ref = malloc((size_t)(n_rows > n ? n_rows : n) * sizeof *ref);
+    float *a = malloc((size_t)n_rows * sizeof *a);
+    for (int64_t i = 0; i < n_rows * stride + 1; i++)
+        rows[i] = rng_normal();
+    for (int64_t i = 0; i < n; i++)
+        x[i] = rng_normal();
+    for (int64_t r = 0; r < n_rows; r++)
+        a[r] = (float)(rng_next() % 1000) / 1000.0f; /* weights of a softmax: 0..1 */
+    const float scale = 0.125f;
+    k->dot_f32_rows(n, x, rows + 1, stride, n_rows, scale, got);
+    scalar->dot_f32_rows(n, x, rows + 1, stride, n_rows, scale, ref);
+    for (int64_t r = 0; r < n_rows; r++) {
+        double exact = 0, abs_sum = 0;
+        for (int64_t i = 0; i < n; i++) {
+            exact += (double)rows[1 + r * stride + i] * x[i];
+            abs_sum += fabs((double)rows[1 + r * stride + i] * x[i]);
+        }
+        double bound = ((double)n / 8 + 16) * 2 * U * abs_sum * scale + 1e-30;
+        CHECK(fabs(got[r] - scale * exact) <= bound, "%s dot_f32_rows n=%lld rows=%lld row %lld: got %.9g, float64 %.9g",
+              k->isa, (long long)n, (long long)n_rows, (long long)r, got[r], scale * exact);
+        CHECK(fabs(got[r] - ref[r]) <= 2 * bound, "%s dot_f32_rows n=%lld row %lld: got %.9g, scalar %.9g", k->isa,
+              (long long)n, (long long)r, got[r], ref[r]);
+    }
+    k->weighted_sum_f32(n, a, rows + 1, stride, n_rows, got);
+    scalar->weighted_sum_f32(n, a, rows + 1, stride, n_rows, ref);
+    for (int64_t i = 0; i < n; i++) {
+        double exact = 0, abs_sum = 0;
+        for (int64_t r = 0; r < n_rows; r++) {
+            exact += (double)a[r] * rows[1 + r * stride + i];
+            abs_sum += fabs((double)a[r] * rows[1 + r * stride + i]);
+        }
+        double bound = ((double)n_rows + 16) * 2 * U * abs_sum + 1e-30;
+        CHECK(fabs(got[i] - exact) <= bound, "%s weighted_sum_f32 n=%lld rows=%lld [%lld]: got %.9g, float64 %.9g",
+              k->isa, (long long)n, (long long)n_rows, (long long)i, got[i], exact);
+        CHECK(fabs(got[i] - ref[i]) <= 2 * bound, "%s weighted_sum_f32 n=%lld [%lld]: got %.9g, scalar %.9g",
+              k->isa, (long long)n, (long long)i, got[i], ref[i]);
+    }
+    free(rows);
+    free(x);
+    free(got);
+    free(ref);
+    free(a);
+}
+
 /* The x8 GEMMs: rows repacked (repack.h), every token count from 1 to 9 (full
  * and partial token tiles), against the scalar set's row-by-row dot products
  * on the original layout, with the same bound as the dots. Output entries
@@ -390,6 +441,11 @@ static void check_set(const l2_kernels *k, const l2_kernels *scalar)
             check_dot_f32(k, scalar, n);
         for (int i = 0; i < 20; i++)
             check_dot_f32(k, scalar, (int64_t)(1 + rng_next() % 12000));
+        for (int64_t n = 1; n <= 72; n += 7) /* head sizes around the vector widths, 1-9 keys and many */
+            for (int64_t n_rows = 1; n_rows <= 9; n_rows++)
+                check_attention_f32(k, scalar, n, n_rows);
+        for (int64_t n = 60; n <= 260; n += 68)
+            check_attention_f32(k, scalar, n, (int64_t)(1 + rng_next() % 700));
     }
     printf("%-10s worst error / sum|w*x|: q8_0 %.2e (vs unquantized x %.2e), q4_0 %.2e (%.2e), "
            "q4_1 %.2e (%.2e), f32 %.2e\n",
