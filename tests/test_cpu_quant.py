@@ -177,3 +177,48 @@ def test_smollm2_completes_paris(smollm2_path, backend: str) -> None:
         text = "".join(model.generate("The capital of France is", max_tokens=8, temperature=0))
     assert " Paris" in text
 
+
+
+def _on_tmpfs(path) -> bool:
+    """Whether path lies on tmpfs, where file pages are memory and cannot be dropped."""
+    best, fs_type = "", ""
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if str(path).startswith(fields[1]) and len(fields[1]) > len(best):
+                best, fs_type = fields[1], fields[2]
+    return fs_type == "tmpfs"
+
+
+def _file_pages_resident() -> int:
+    """Bytes of file-backed pages this process has resident (RssFile in /proc/self/status)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) * 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
+@pytest.mark.parametrize("backend", ["cpu_q8", "cpu_q4"])
+def test_repacking_lets_go_of_the_files_pages(tmp_path, backend: str) -> None:
+    """The repacked copy replaces the mapped file for good: resident memory grows by one model, not two.
+
+    Measured on 7B: cpu_q8 held 14.0 GB of a 7.2 GB Q8_0 file before the
+    file's pages were released after repacking, 7.1 GB after.
+    """
+    from llama2.convert.gguf_writer import GGMLType, LlamaHParams
+    from llama2.convert.synthetic import write_random_llama
+
+    if _on_tmpfs(tmp_path):
+        pytest.skip("the test folder is on tmpfs")
+    hp = LlamaHParams(n_vocab=512, n_embd=2048, n_layer=2, n_head=16, n_head_kv=16, n_ff=5632)
+    path = tmp_path / "repack.gguf"
+    write_random_llama(path, hp, qtype=GGMLType.Q8_0 if backend == "cpu_q8" else GGMLType.Q4_0, seed=0)
+    size = path.stat().st_size
+    before = _file_pages_resident()
+    with load(path, backend, n_ctx=16) as model, model.session() as s:
+        s.eval([1, 2, 3])
+        grown = _file_pages_resident() - before
+    # left resident: the pages of the embedding table and norms, which are used in place
+    assert grown < 0.2 * size, f"{grown / 1e6:.0f} MB of the {size / 1e6:.0f} MB file stayed resident"
