@@ -79,8 +79,10 @@ def run_from_json(path: str | os.PathLike[str]) -> Run:
         if info.get("workload") == "bandwidth":
             run.bandwidth, run.threads = float(info["bytes_per_s"]), int(info["threads"])
             if info.get("c_kernel_GB_s"):
+                # dated, because a report can merge several runs
                 run.notes.append(f"Cross-check: the C kernel tests/benchmarks/read_bandwidth.c read "
-                                 f"{float(info['c_kernel_GB_s']):.1f} GB/s in the same run.")
+                                 f"{float(info['c_kernel_GB_s']):.1f} GB/s in the run of {run.date}, where "
+                                 f"numpy read {float(info['bytes_per_s']) / 1e9:.1f} GB/s.")
             continue
         if "model" not in info:
             continue
