@@ -64,6 +64,7 @@ class TensorSpec:
     misalign: bool = False
     required: bool = True
     corrupt: list[str] = field(default_factory=list)
+    true_bytes: int = -1  # the right n_bytes, kept while n_bytes is corrupted
 
 
 def row_bytes(type_id: int, n: int) -> int | None:
@@ -116,6 +117,7 @@ def corrupt(fdp: atheris.FuzzedDataProvider, hp: dict[str, Any], specs: list[Ten
         elif kind == 1:
             key = fdp.PickValueInList(["rms_eps", "rope_freq_base"])
             hp[key] = fdp.PickValueInList([float("nan"), float("inf"), -1.0, 0.0])
+            whole[:] = [w for w in whole if not w.startswith(f"{key}=")]  # the last value set is the one passed
             if not (key == "rms_eps" and hp[key] == 0.0):
                 whole.append(f"{key}={hp[key]}")
         elif t is None:
@@ -123,8 +125,13 @@ def corrupt(fdp: atheris.FuzzedDataProvider, hp: dict[str, Any], specs: list[Ten
         elif kind == 2:  # claims fewer or more bytes than its shape needs (the buffer holds what it claims)
             delta = fdp.PickValueInList([-1, 1, -18, 32, -t.n_bytes, t.n_bytes])
             if t.n_bytes + delta >= 0 and delta:
+                size_before = t.n_bytes if "n_bytes" not in t.corrupt else None
                 t.n_bytes = t.buffer = t.n_bytes + delta
-                t.corrupt.append("n_bytes")
+                if size_before is not None:
+                    t.corrupt.append("n_bytes")
+                    t.true_bytes = size_before
+                elif t.n_bytes == t.true_bytes:  # a second change undid the first
+                    t.corrupt.remove("n_bytes")
         elif kind == 3:
             t.null_data = True
             t.corrupt.append("NULL data")

@@ -40,6 +40,10 @@ if ("${SAN_ENV[@]}" "$PY" tests/fuzz/fuzz_backend_load.py --lib-dir build/asan/b
   tail -5 "$WORK/self-check.log"; echo "fuzz: the sanitizer self-check did not catch the planted overflow"; exit 1
 fi
 echo "sanitizer self-check: the planted read past a buffer was caught"
+# inputs a run once failed on (the harness's or the backends' fault), replayed before new random ones
+for kept in tests/data/fuzz/backend/*.bin; do
+  "${SAN_ENV[@]}" "$PY" tests/fuzz/fuzz_backend_load.py --lib-dir build/asan/backends --replay "$kept"
+done
 "${SAN_ENV[@]}" nice "$PY" tests/fuzz/fuzz_backend_load.py --lib-dir build/asan/backends \
   --random "$SECONDS_EACH" --seed "${FUZZ_SEED:-$RANDOM}"
 
