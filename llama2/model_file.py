@@ -8,6 +8,7 @@ reason; it never reaches C.
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,6 +322,26 @@ class ModelFile:
     def chat_template(self) -> str | None:
         value = self.get("tokenizer.chat_template")
         return value if isinstance(value, str) else None
+
+    def release_resident_pages(self) -> None:
+        """Unmap this process's resident pages of the file; the page cache keeps them.
+
+        A backend that repacks or converts a tensor at load never reads the
+        file's copy again, but the pages its load read stay in this process's
+        resident set: a 7B Q8_0 model on cpu_q8 showed 14.0 GB resident, twice
+        the file. The mapping is read-only and shared, so dropping its pages
+        loses nothing: a later read (a tensor used in place, an embedding row)
+        faults its page back in from the page cache, and the next load of the
+        file still finds it there.
+        """
+        data = getattr(self._reader, "data", None)
+        while data is not None and not isinstance(data, mmap.mmap):
+            data = getattr(data, "_mmap", None) or getattr(data, "base", None)
+        if data is not None and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                data.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # advice only
+                pass
 
     def close(self) -> None:
         """Drop the mapping; tensors' data must not be used afterwards."""

@@ -203,6 +203,7 @@ class NativeModel:
         self._ptr = out[0]
         self._lock = threading.Lock()
         self._contexts = 0
+        model_file.release_resident_pages()
 
     @property
     def memory_bytes(self) -> int:

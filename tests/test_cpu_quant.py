@@ -204,8 +204,9 @@ def _file_pages_resident() -> int:
 def test_repacking_lets_go_of_the_files_pages(tmp_path, backend: str) -> None:
     """The repacked copy replaces the mapped file for good: resident memory grows by one model, not two.
 
-    Measured on 7B: cpu_q8 held 14.0 GB of a 7.2 GB Q8_0 file before the
-    file's pages were released after repacking, 7.1 GB after.
+    Measured on 7B: cpu_q8 held 14.0 GB of a 7.2 GB Q8_0 file before the host
+    released the file's pages after loading (ModelFile.release_resident_pages),
+    7.1 GB after.
     """
     from llama2.convert.gguf_writer import GGMLType, LlamaHParams
     from llama2.convert.synthetic import write_random_llama

@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include "convert.h"
 #include "cpu_engine.h"
@@ -183,24 +182,6 @@ static llama2_status load_weights(loader *ld) {
  * the model already owns (converted at load) is replaced, not duplicated. */
 #define HUGE_PAGE ((size_t)2 << 20)
 
-/* The repacked copy replaces the caller's bytes (usually the mapped file) for
- * good, but the pages the repacking read stay resident: without this a 7B Q8_0
- * model held 12.7 GB instead of 7.2. MADV_PAGEOUT drops clean file pages and
- * never loses data (anonymous pages go to swap, or stay), so it is safe on any
- * memory the caller passes; a later read, e.g. an embedding row of a tied
- * output matrix, faults the page back in. Advice only: older kernels ignore it. */
-static void release_source_pages(const void *data, size_t bytes) {
-#ifdef MADV_PAGEOUT
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t start = ((uintptr_t)data + page - 1) / page * page, end = ((uintptr_t)data + bytes) / page * page;
-    if (end > start)
-        madvise((void *)start, end - start, MADV_PAGEOUT);
-#else
-    (void)data;
-    (void)bytes;
-#endif
-}
-
 static llama2_status repack_matrix(loader *ld, const char *name, l2_matrix *m) {
     if ((m->type != LLAMA2_TYPE_Q8_0 && m->type != LLAMA2_TYPE_Q4_0 && m->type != LLAMA2_TYPE_Q4_1) ||
         m->rows % L2_RX != 0)
@@ -226,7 +207,6 @@ static llama2_status repack_matrix(loader *ld, const char *name, l2_matrix *m) {
     else {
         model->n_owned++;
         model->owned_bytes += bytes;
-        release_source_pages(m->data, bytes);
     }
     model->owned[slot] = buf;
     m->data = buf;

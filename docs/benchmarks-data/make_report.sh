@@ -23,6 +23,6 @@ llama2 bench --from-json docs/benchmarks-data/speed-smollm2.json --from-json doc
   --note "" \
   --note "**Over 100 % of the limit**: the limit counts the bytes of the file; a backend that converts at load to a smaller type reads fewer bytes per token than that." \
   --note "" \
-  --note "**Resident MiB** is the growth of the process while loading and running one token; many models load in one process, so rows after a freed model can understate. The cpu_q4/cpu_q8 rows predate the commit after 6d39127, which releases the file's pages once a matrix is repacked: 7B Q8_0 on cpu_q8 now holds 7.1 GB after loading (14.0 GB before), 7B Q4_0 on cpu_q4 4.0 GB (7.7 GB)." \
+  --note "**Resident MiB** is the growth of the process while loading and running one token; many models load in one process, so rows after a freed model can understate. The cpu_q4/cpu_q8 rows predate the release of the file's pages after loading (docs/perf-notes.md): 7B Q8_0 on cpu_q8 now holds 7.1 GB after loading (14.0 GB before), 7B Q4_0 on cpu_q4 4.0 GB (7.7 GB)." \
   --note "" \
   --note "**Reproduce**: the commands at the top of docs/benchmarks-data/make_report.sh."
