@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .model_file import ModelFile
+from .system import available_memory_bytes
 
 PROMPT_TOKENS = 16
 DECODE_TOKENS = 64
@@ -81,17 +82,6 @@ def resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 # --- the model file ---------------------------------------------------------------
 
 
@@ -146,7 +136,7 @@ def skip_reason(model_file: ModelFile, backend_name: str) -> str | None:
     if not ok:
         return why
     need = load_memory_estimate(model_file, b.native_types)
-    avail = available_memory()
+    avail = available_memory_bytes()
     if avail is not None and need > 0.8 * avail:
         return (f"{backend_name} would convert this file to about {need / 2**30:.0f} GiB, "
                 f"{avail / 2**30:.0f} GiB are available")
