@@ -13,6 +13,8 @@ scalar ones on the same model, and repacked weights with the file's layout.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -180,7 +182,7 @@ def test_smollm2_completes_paris(smollm2_path, backend: str) -> None:
 
 
 def _on_tmpfs(path) -> bool:
-    """Whether path lies on tmpfs, where file pages are memory and cannot be dropped."""
+    """Whether path lies on tmpfs, whose pages count as shared memory, not as the RssFile measured here."""
     best, fs_type = "", ""
     with open("/proc/mounts") as mounts:
         for line in mounts:
@@ -199,7 +201,7 @@ def _file_pages_resident() -> int:
     pytest.skip("no RssFile in /proc/self/status")
 
 
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 @pytest.mark.parametrize("backend", ["cpu_q8", "cpu_q4"])
 def test_repacking_lets_go_of_the_files_pages(tmp_path, backend: str) -> None:
     """The repacked copy replaces the mapped file for good: resident memory grows by one model, not two.
